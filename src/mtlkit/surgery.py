@@ -1,0 +1,522 @@
+"""PCGrad: gradient surgery for multi-task learning (Yu et al., 2020, "Gradient Surgery for
+Multi-Task Learning").
+
+For each task ``i``, PCGrad starts from the task's gradient ``g_i`` of the shared parameters and,
+visiting the other tasks ``j`` in a random order, removes the projection onto the ORIGINAL
+``g_j`` whenever the current vector conflicts with it (negative dot product):
+
+.. math:: g_i \\leftarrow g_i - \\frac{g_i \\cdot g_j}{\\lVert g_j \\rVert^2} g_j
+
+and the projected gradients are summed (or averaged). Because every projection is onto an
+original ``g_j``, each projected gradient is a linear combination of the original ones, and the
+coefficients depend on the dot products alone. So the whole algorithm is a function of the
+T x T Gramian ``G = J J^T`` of the per-task gradient matrix ``J``: :func:`pcgrad_weights` turns
+``G`` into weights ``w`` and the combined gradient is ``w^T J``. Only ``G`` (T x T numbers) ever
+goes to the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.optim import Optimizer
+
+from mtlkit._autograd_graph import graphs_needing_retention
+from mtlkit._task_gradients import TaskGradientBuffer
+
+logger = logging.getLogger(__name__)
+
+Reduction = Literal["sum", "mean"]
+_REDUCTIONS = ("sum", "mean")
+
+
+def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The weights ``w`` such that the sum of PCGrad's projected gradients is ``w^T J``.
+
+    Args:
+        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device; it is read once).
+        generator: The CPU generator that draws each task's visiting order (torch's default
+            generator when ``None``).
+
+    Returns:
+        A float64 CPU tensor of T weights (for ``reduction="sum"``).
+
+    A task whose gradient has zero norm is never projected on (its direction is undefined), so
+    no weight is ever NaN or infinite for a finite Gramian.
+
+    Example:
+        >>> import torch
+        >>> g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])      # conflicting gradients
+        >>> w = pcgrad_weights(g @ g.T)
+        >>> w @ g.double()                                  # sum of the projected gradients
+        tensor([0.5000, 1.5000], dtype=torch.float64)
+    """
+    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise ValueError(
+            f"gramian: expected a square T x T matrix, got shape {tuple(gramian.shape)}"
+        )
+    g = gramian.detach().to("cpu", torch.float64).tolist()
+    num_tasks = len(g)
+    total = [0.0] * num_tasks
+    for i in range(num_tasks):
+        coeffs = [0.0] * num_tasks
+        coeffs[i] = 1.0
+        others = [j for j in range(num_tasks) if j != i]
+        for k in torch.randperm(len(others), generator=generator).tolist():
+            j = others[k]
+            norm_sq = g[j][j]
+            if not norm_sq > 0.0:
+                continue
+            dot = math.fsum(coeffs[m] * g[m][j] for m in range(num_tasks))
+            if dot < 0.0:
+                coeffs[j] -= dot / norm_sq
+        for m in range(num_tasks):
+            total[m] += coeffs[m]
+    return torch.tensor(total, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class SurgeryStats:
+    """What one PCGrad combination saw: are the task gradients in conflict at all?
+
+    Attributes:
+        tasks: Task names, in the order of the rows and columns below.
+        cosine: T x T cosine similarities of the task gradients over the shared parameters
+            (0 where a gradient has zero norm).
+        num_conflicts: Number of task pairs whose gradients have a negative dot product.
+        weights: The combination weights ``w`` (combined gradient ``w^T J``), reduction applied.
+        finite: False when a gradient was not finite; surgery was then skipped and the plain
+            sum written, so that a ``GradScaler`` sees the overflow and skips the step.
+
+    Example:
+        >>> import torch
+        >>> stats = SurgeryStats(("a", "b"), torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), 1,
+        ...                      torch.tensor([1.2, 1.2]), True)
+        >>> stats.num_conflicts
+        1
+    """
+
+    tasks: tuple[str, ...]
+    cosine: torch.Tensor
+    num_conflicts: int
+    weights: torch.Tensor
+    finite: bool
+
+
+def _cosine_and_conflicts(gramian: torch.Tensor) -> tuple[torch.Tensor, int]:
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    outer = norms[:, None] * norms[None, :]
+    cosine = torch.where(outer > 0, gramian / outer.clamp_min(1e-300), torch.zeros_like(gramian))
+    upper = torch.triu(torch.ones_like(gramian, dtype=torch.bool), diagonal=1)
+    conflicts = int(((gramian < 0) & (outer > 0) & upper).sum())
+    return cosine.float(), conflicts
+
+
+def _record_reach(owner: weakref.ref, param: torch.Tensor) -> None:
+    pcgrad = owner()
+    if pcgrad is not None and pcgrad._reached_now is not None:
+        pcgrad._reached_now.add(id(param))
+
+
+class PCGrad(Optimizer):
+    """Wraps a torch optimizer and combines per-task gradients by gradient surgery.
+
+    To its callers it is an optimizer (``param_groups``, ``state_dict``, LR schedulers,
+    ``torch.amp.GradScaler``). :meth:`backward` replaces ``loss.backward()``: it leaves the
+    combined gradient in every ``.grad``, so ``clip_grad_norm_`` can run before :meth:`step`.
+
+    Args:
+        optimizer: The optimizer to wrap (it owns the parameters and the update rule).
+        shared_params: The parameters that get surgery. ``None`` (default): those that two or more
+            tasks' losses reach in each step, found by hooks during the backward passes.
+            Every other parameter (a task head) gets the plain gradient of its loss, untouched.
+            Shared parameters must be in the optimizer's param groups (matched by identity).
+        reduction: ``"sum"`` (the paper) or ``"mean"`` of the projected task gradients. It applies
+            to the shared parameters; task-specific parameters always get their task's gradient.
+        seed: Seed of the dedicated generator drawing the visiting orders (its state is part of
+            :meth:`state_dict`); ``None`` seeds it nondeterministically.
+        log_stats: Log each step's conflicts and cosines at INFO level.
+
+    Departures from the paper's pseudo-code: surgery is restricted to shared parameters (heads are
+    untouched), and the combination runs on the Gramian (the same numbers, computed once).
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> body, head_a, head_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+        >>> params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
+        >>> opt = PCGrad(torch.optim.SGD(params, lr=0.1), seed=0)
+        >>> x = torch.randn(8, 4)
+        >>> losses = {"a": head_a(body(x)).pow(2).mean(), "b": (head_b(body(x)) - 1).pow(2).mean()}
+        >>> opt.zero_grad()
+        >>> stats = opt.backward(losses)
+        >>> stats.tasks, stats.cosine.shape
+        (('a', 'b'), torch.Size([2, 2]))
+        >>> torch.nn.utils.clip_grad_norm_(params, 1.0)  # doctest: +ELLIPSIS
+        tensor(...)
+        >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        shared_params: Iterable[torch.Tensor] | None = None,
+        reduction: Reduction = "sum",
+        seed: int | None = None,
+        log_stats: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer) or isinstance(optimizer, PCGrad):
+            raise TypeError(
+                f"optimizer: expected a torch.optim.Optimizer to wrap, got {type(optimizer).__name__}"
+            )
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+        self.optimizer = optimizer
+        self.reduction: Reduction = reduction
+        self.log_stats = log_stats
+        self.defaults = optimizer.defaults
+        for name in (
+            "step_pre",
+            "step_post",
+            "state_dict_pre",
+            "state_dict_post",
+            "load_state_dict_pre",
+            "load_state_dict_post",
+        ):
+            setattr(self, f"_optimizer_{name}_hooks", OrderedDict())
+        self._patch_step_function()
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self._explicit = None if shared_params is None else _unique(shared_params)
+        self._hooked: dict[int, Any] = {}
+        self._auto_shared: set[int] = set()
+        self._buffer: TaskGradientBuffer | None = None
+        self._reached_now: set[int] | None = None
+        self._phase: dict[str, Any] | None = None
+        self.last_stats: SurgeryStats | None = None
+        """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
+        self._check_shared_in_groups()
+
+    # ----------------------------------------------------------------- optimizer surface
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    def __repr__(self) -> str:
+        return f"PCGrad(reduction={self.reduction!r}, optimizer={self.optimizer!r})"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group to the wrapped optimizer (see ``torch.optim.Optimizer``).
+
+        Example:
+            >>> import torch
+            >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+            >>> opt = PCGrad(torch.optim.SGD(a.parameters(), lr=0.1))
+            >>> opt.add_param_group({"params": b.parameters(), "lr": 0.01})
+            >>> len(opt.param_groups)
+            2
+        """
+        self.optimizer.add_param_group(param_group)
+        self._buffer = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients, as the wrapped optimizer does, and drop any unfinished step.
+
+        Example:
+            >>> import torch
+            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
+            >>> opt.zero_grad()
+        """
+        self._phase = None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):  # type: ignore[override]
+        """Apply the wrapped optimizer's update to the gradients :meth:`backward` left.
+
+        Example:
+            >>> import torch
+            >>> lin = torch.nn.Linear(2, 1)
+            >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
+            >>> _ = opt.backward([lin(torch.ones(1, 2)).sum()])
+            >>> opt.step()
+        """
+        if self._phase is not None:
+            raise RuntimeError(
+                "PCGrad.step(): call combine() after task_backward() and before step()"
+            )
+        return self.optimizer.step(closure)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state plus PCGrad's generator state (``"pcgrad"`` key).
+
+        Example:
+            >>> import torch
+            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
+            >>> sorted(opt.state_dict())
+            ['param_groups', 'pcgrad', 'state']
+        """
+        state = self.optimizer.state_dict()
+        state["pcgrad"] = {"generator": self._generator.get_state(), "reduction": self.reduction}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (a plain optimizer state dict is accepted too).
+
+        Example:
+            >>> import torch
+            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
+            >>> opt.load_state_dict(opt.state_dict())
+        """
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("pcgrad", None)
+        self.optimizer.load_state_dict(state_dict)
+        if extra is not None:
+            self._generator.set_state(extra["generator"])
+
+    # ----------------------------------------------------------------- gradient surgery
+    def backward(
+        self,
+        losses: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+        retain_graph: bool | None = None,
+    ) -> SurgeryStats:
+        """Backpropagate each task's loss and write the surgery-combined gradient to ``.grad``.
+
+        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does.
+
+        Args:
+            losses: One scalar loss per task, as a sequence or a mapping ``{task: loss}``.
+            retain_graph: ``None`` (default) retains a task's graph only when a later task's
+                backward needs part of it (one forward shared by several heads); losses from
+                separate forward passes are freed one after another.
+
+        Returns:
+            The :class:`SurgeryStats` of this combination (also in :attr:`last_stats`).
+
+        Raises:
+            ValueError: A loss is not a finite scalar (the task is named).
+        """
+        names, tensors = _as_named_losses(losses)
+        if self._phase is not None:
+            raise RuntimeError("PCGrad.backward(): task_backward() calls are waiting for combine()")
+        _check_finite(names, tensors)
+        retain = (
+            graphs_needing_retention(tensors)
+            if retain_graph is None
+            else [retain_graph] * len(tensors)
+        )
+        for name, loss, keep in zip(names, tensors, retain, strict=True):
+            self._task_backward(name, loss, keep)
+        return self.combine()
+
+    def task_backward(self, task: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Backpropagate one task's loss now (per-task form); :meth:`combine` finishes the step.
+
+        Call it right after the task's forward pass, so that only one task's activations are alive
+        at a time: PCGrad then needs less peak memory than the plain summed-loss step.
+
+        Example:
+            >>> import torch
+            >>> body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+            >>> opt = PCGrad(torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.1))
+            >>> for task, x in {"a": torch.randn(4, 3), "b": torch.randn(4, 3)}.items():
+            ...     opt.task_backward(task, head(body(x)).mean())
+            >>> opt.combine().tasks
+            ('a', 'b')
+        """
+        names, tensors = _as_named_losses({task: loss})
+        _check_finite(names, tensors)
+        self._task_backward(names[0], tensors[0], retain_graph)
+
+    def combine(self) -> SurgeryStats:
+        """Combine the gradients recorded by :meth:`task_backward` and write them to ``.grad``.
+
+        Example:
+            >>> import torch
+            >>> lin = torch.nn.Linear(2, 1)
+            >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
+            >>> opt.task_backward("only", lin(torch.ones(1, 2)).sum())
+            >>> opt.combine().num_conflicts
+            0
+        """
+        if self._phase is None or not self._phase["tasks"]:
+            raise RuntimeError("PCGrad.combine(): no task_backward() since the last step")
+        phase, self._phase = self._phase, None
+        buffer: TaskGradientBuffer = phase["buffer"]
+        tasks: list[str] = phase["tasks"]
+        num_tasks = len(tasks)
+        rows = buffer.rows[:num_tasks]
+        reach = [sum(id(p) in r for r in phase["reached"]) for p in buffer.params]
+        shared = (
+            [True] * len(buffer.params) if self._explicit is not None else [n >= 2 for n in reach]
+        )
+        shared_runs = buffer.runs(shared)
+        other_runs = buffer.runs([not s for s in shared])
+
+        gramian = torch.zeros(num_tasks, num_tasks, dtype=rows.dtype, device=rows.device)
+        for a, b in shared_runs:
+            block = rows[:, a:b]
+            gramian.addmm_(block, block.T)
+        gramian = gramian.to("cpu", torch.float64)  # the one host sync of the step
+        finite = bool(torch.isfinite(gramian).all())
+        if finite:
+            weights = pcgrad_weights(gramian, self._generator)
+            if self.reduction == "mean":
+                weights = weights / num_tasks
+        else:  # leave the overflow in .grad for GradScaler to see and skip the step
+            weights = torch.ones(num_tasks, dtype=torch.float64)
+        w = weights.to(rows.device, rows.dtype)
+
+        accumulate = phase["accumulate"]
+        for a, b in shared_runs:
+            if accumulate:
+                buffer.combined[a:b].addmv_(rows[:, a:b].T, w)
+            else:
+                torch.mv(rows[:, a:b].T, w, out=buffer.combined[a:b])
+        for a, b in other_runs:
+            if accumulate:
+                buffer.combined[a:b] += rows[:, a:b].sum(0)
+            else:
+                torch.sum(rows[:, a:b], 0, out=buffer.combined[a:b])
+        buffer.publish_combined()
+        for p, n, had in zip(buffer.params, reach, phase["had_grad"], strict=True):
+            if n == 0 and not had:
+                p.grad = None  # no task reached it: leave it as plain backward would
+        if self._explicit is None:
+            self._auto_shared = {id(p) for p, s in zip(buffer.params, shared, strict=True) if s}
+
+        cosine, conflicts = _cosine_and_conflicts(gramian)
+        stats = SurgeryStats(tuple(tasks), cosine, conflicts, weights.float(), finite)
+        self.last_stats = stats
+        if self.log_stats:
+            logger.info(
+                "pcgrad: %d conflicting pair(s) of %d tasks; cosines %s",
+                conflicts,
+                num_tasks,
+                [[round(c, 3) for c in r] for r in cosine.tolist()],
+            )
+        return stats
+
+    # ----------------------------------------------------------------- internals
+    def _task_backward(self, name: str, loss: torch.Tensor, retain_graph: bool) -> None:
+        phase = self._begin_phase()
+        if name in phase["tasks"]:
+            raise ValueError(f"task {name!r} was already backpropagated in this step")
+        row = len(phase["tasks"])
+        buffer: TaskGradientBuffer = phase["buffer"]
+        buffer.ensure_rows(row + 1)
+        buffer.route_grads_to_row(row)
+        self._reached_now = set()
+        try:
+            if loss.requires_grad:
+                loss.backward(retain_graph=retain_graph)
+        finally:
+            reached, self._reached_now = self._reached_now, None
+        phase["tasks"].append(name)
+        phase["reached"].append(reached)
+
+    def _begin_phase(self) -> dict[str, Any]:
+        if self._phase is None:
+            buffer = self._layout()
+            had_grad = [p.grad is not None for p in buffer.params]
+            accumulate = buffer.stash_existing_grads()
+            self._phase = {
+                "buffer": buffer,
+                "tasks": [],
+                "reached": [],
+                "accumulate": accumulate,
+                "had_grad": had_grad,
+            }
+        return self._phase
+
+    def _layout(self) -> TaskGradientBuffer:
+        if self._explicit is not None:
+            params = self._explicit
+        else:
+            group_params = _unique(
+                p for g in self.param_groups for p in g["params"] if p.requires_grad
+            )
+            # Shared parameters first: the Gramian is then one matrix product over one block.
+            params = sorted(group_params, key=lambda p: id(p) not in self._auto_shared)
+        if self._buffer is None or [id(p) for p in self._buffer.params] != [id(p) for p in params]:
+            self._buffer = TaskGradientBuffer(params)
+            owner = weakref.ref(self)
+            for p in params:
+                if id(p) not in self._hooked:
+                    self._hooked[id(p)] = p.register_post_accumulate_grad_hook(
+                        lambda param, owner=owner: _record_reach(owner, param)
+                    )
+        return self._buffer
+
+    def _check_shared_in_groups(self) -> None:
+        if self._explicit is None:
+            return
+        if not self._explicit:
+            raise ValueError("shared_params: empty; pass None to detect shared parameters")
+        in_groups = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(self._explicit):
+            if id(p) not in in_groups:
+                raise ValueError(
+                    f"shared_params[{i}] (shape {tuple(p.shape)}) is not in the "
+                    "optimizer's param groups: it would never be updated"
+                )
+            if not p.requires_grad:
+                raise ValueError(
+                    f"shared_params[{i}] (shape {tuple(p.shape)}) does not require grad"
+                )
+
+
+def _unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"shared_params: expected tensors, got {type(p).__name__}")
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _as_named_losses(
+    losses: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+) -> tuple[list[str], list[torch.Tensor]]:
+    if isinstance(losses, Mapping):
+        names, tensors = [str(k) for k in losses], list(losses.values())
+    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+        names, tensors = [str(i) for i in range(len(losses))], list(losses)
+    else:
+        raise TypeError(
+            f"losses: expected a sequence or a mapping of scalar tensors, got {type(losses).__name__}"
+        )
+    if not tensors:
+        raise ValueError("losses: need at least one task loss")
+    for name, loss in zip(names, tensors, strict=True):
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"losses[{name!r}]: expected a tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"losses[{name!r}]: expected a scalar loss, got shape {tuple(loss.shape)}"
+            )
+    return names, tensors
+
+
+def _check_finite(names: list[str], tensors: list[torch.Tensor]) -> None:
+    values = torch.stack([t.detach().reshape(()).float() for t in tensors]).cpu()
+    for name, value in zip(names, values.tolist(), strict=True):
+        if not math.isfinite(value):
+            raise ValueError(f"losses[{name!r}]: the loss of task {name!r} is not finite ({value})")
