@@ -39,7 +39,8 @@ __all__ = [
 
 
 def _check_options(temperature: object, hard_negative_weight: object) -> None:
-    for name, value in (("temperature", temperature), ("hard_negative_weight", hard_negative_weight)):
+    options = (("temperature", temperature), ("hard_negative_weight", hard_negative_weight))
+    for name, value in options:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
         if not math.isfinite(value):
@@ -89,7 +90,7 @@ def _direction_loss(
     logits: torch.Tensor, targets: torch.Tensor, anchor_ids: torch.Tensor | None,
     candidate_ids: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Cross-entropy of ``logits`` (anchors x candidates) against ``targets``, minus false negatives.
+    """Cross-entropy of ``logits`` (anchors x candidates), without the false negatives.
 
     Only the first ``len(candidate_ids)`` columns (the in-batch positives) are masked: candidate
     ``j`` is dropped from anchor ``i``'s denominator when it shares the anchor's id and is not the
