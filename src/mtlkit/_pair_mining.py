@@ -24,6 +24,7 @@ class ContrastivePair(NamedTuple):
     """One training row for :class:`~mtlkit.SimCSELoss`: encode the fields as ``z1, z2, z3``.
 
     Example:
+        >>> from mtlkit import ContrastivePair
         >>> ContrastivePair("a cat sat", "a cat was sitting")
         ContrastivePair(anchor='a cat sat', positive='a cat was sitting', negative=None)
     """
@@ -80,6 +81,7 @@ def unsupervised_pairs(
         One pair per non-empty sentence, in order. Empty sentences are skipped with a warning.
 
     Example:
+        >>> from mtlkit import unsupervised_pairs
         >>> unsupervised_pairs(["a dog", "a cat"])[1]
         ContrastivePair(anchor='a cat', positive='a cat', negative=None)
         >>> len(unsupervised_pairs([{"sentence": "hi"}], key="sentence"))
@@ -144,6 +146,7 @@ def mine_pairs(
             non-numeric label, or ``"pool"`` with no non-paraphrase pairs.
 
     Example:
+        >>> from mtlkit import mine_pairs
         >>> rows = [
         ...     {"sentence1": "cook rice?", "sentence2": "how to cook rice", "is_duplicate": "1"},
         ...     {"sentence1": "cook rice?", "sentence2": "grow rice?", "is_duplicate": "0"},
@@ -222,6 +225,7 @@ def group_ids(pairs: Iterable[ContrastivePair | Sequence[str]]) -> list[int]:
     Negatives do not link rows. Ids are numbered by first appearance.
 
     Example:
+        >>> from mtlkit import group_ids
         >>> group_ids([("a", "b"), ("c", "d"), ("b", "e"), ("a", "a")])
         [0, 1, 0, 0]
     """

@@ -137,8 +137,8 @@ def info_nce(
             concatenated batch. Every rank must pass the same batch size.
 
     Returns:
-        The scalar loss: float32 for half-precision inputs (the softmax runs in float32), else
-        the inputs' dtype.
+        The scalar loss, in float32 for half-precision inputs (the softmax runs in float32),
+        else in the inputs' dtype.
 
     Raises:
         TypeError: Non-tensor or non-floating embeddings, non-integer ids.
@@ -147,6 +147,7 @@ def info_nce(
 
     Example:
         >>> import torch
+        >>> from mtlkit import info_nce
         >>> z = torch.nn.functional.one_hot(torch.arange(4), 8).float()
         >>> round(info_nce(z, z, temperature=1.0).item(), 4)  # log(1 + 3 / e)
         0.7437
@@ -230,6 +231,7 @@ class SimCSELoss(nn.Module):
 
     Example:
         >>> import torch
+        >>> from mtlkit import SimCSELoss
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> encoder = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Dropout(0.1))
@@ -264,6 +266,8 @@ class SimCSELoss(nn.Module):
         """The mean InfoNCE loss of the batch (arguments as in :func:`info_nce`).
 
         Example:
+            >>> import torch
+            >>> from mtlkit import SimCSELoss
             >>> z1, z2, z3 = torch.randn(3, 4, 8).unbind(0)
             >>> SimCSELoss()(z1, z2, z3, ids=[0, 1, 1, 2]).shape
             torch.Size([])
@@ -277,6 +281,13 @@ class SimCSELoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """The options, shown by ``repr()``.
+
+        Example:
+            >>> from mtlkit import SimCSELoss
+            >>> SimCSELoss(0.1, symmetric=True).extra_repr().split(", ")[:2]
+            ['temperature=0.1', 'symmetric=True']
+        """
         return (
             f"temperature={self.temperature}, symmetric={self.symmetric}, "
             f"hard_negative_weight={self.hard_negative_weight}, "
