@@ -233,6 +233,15 @@ def test_repr_lists_options():
     assert "temperature=0.1, symmetric=True" in repr(SimCSELoss(0.1, symmetric=True))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than fighting for a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_bert(dropout: float):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -248,7 +257,7 @@ def _tiny_bert(dropout: float):
     return model, encode
 
 
-def test_unsupervised_views_differ_by_dropout_and_gradients_reach_the_encoder():
+def test_unsupervised_views_differ_by_dropout_and_gradients_reach_the_encoder(one_thread):
     model, encode = _tiny_bert(dropout=0.1)
     ids = torch.randint(1, 50, (8, 10))
     view1, view2 = encode(ids), encode(ids)
@@ -259,7 +268,7 @@ def test_unsupervised_views_differ_by_dropout_and_gradients_reach_the_encoder():
     assert model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
-def test_supervised_simcse_with_hard_negatives_trains_a_tiny_bert():
+def test_supervised_simcse_with_hard_negatives_trains_a_tiny_bert(one_thread):
     model, encode = _tiny_bert(dropout=0.0)
     anchors = torch.randint(1, 50, (16, 10))
     positives = anchors.clone()
