@@ -134,7 +134,8 @@ def info_nce(
             from every rank with gradients flowing back, so each rank contrasts its anchors
             against the global batch. The result is the mean over this rank's anchors; with
             DistributedDataParallel's gradient averaging, training equals one process on the
-            concatenated batch. Every rank must pass the same batch size.
+            concatenated batch. Every rank must pass the same batch size and the same
+            optional arguments (``z3``, ``ids``, ``symmetric``), as for any collective.
 
     Returns:
         The scalar loss, in float32 for half-precision inputs (the softmax runs in float32),
