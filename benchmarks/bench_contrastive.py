@@ -8,7 +8,8 @@ For each batch size x embedding dim, time ``loss + backward`` on fixed random em
 - ``plain``: a hand-written ``normalize -> matmul -> cross_entropy`` in plain PyTorch.
 
 Losses and gradients are asserted equal (tolerance) before timing. Implementations are timed in
-interleaved rounds (median of each), so background load hits all of them alike. The last line is
+interleaved rounds whose order rotates (best of each), so background load and whichever-runs-
+first effects hit all of them alike. The last line is
 the geometric mean over the configurations of the time ratio mtlkit / st_mnrl.
 
 Run: ``PYTHONPATH=src python benchmarks/bench_contrastive.py [--device cuda] [--repeats 15]``.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 from collections.abc import Callable
 
@@ -74,20 +74,26 @@ def bench_config(batch, dim, with_z3, device, repeats, impls) -> dict[str, float
             if want is not None:
                 torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6, msg=name)
     times: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(repeats):
-        for name, fn in impls.items():
+    names = list(impls)
+    for round_ in range(repeats):
+        # rotate the order every round: whichever runs first in a round is measurably faster
+        # (allocator and cache state), so no implementation may always go first
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn = impls[name]
             sync(device)
             start = time.perf_counter()
             run_once(fn, inputs, with_z3)
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    # best of the rounds, as timeit advises: on a shared CPU the timings are bimodal (the fast
+    # mode is the code, the slow one is other processes), and a median lands on either mode
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 768])
@@ -99,7 +105,7 @@ def main() -> None:
     configs = [(b, d, False) for b in args.batches for d in args.dims]
     configs.append((256, 768, True))  # supervised: one hard negative per anchor
     print(f"device: {device}, torch {torch.__version__}, threads {args.threads}, "
-          f"median of {args.repeats} interleaved rounds, loss + backward")
+          f"best of {args.repeats} interleaved rounds, loss + backward")
     print()
     print("| batch | dim | z3 | mtlkit (ms) | st_mnrl (ms) | plain (ms) | mtlkit/st_mnrl |"
           " mtlkit/plain |")
