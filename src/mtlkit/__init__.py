@@ -3,12 +3,26 @@
 The public API is the names in ``__all__``; everything else is private.
 """
 
+from mtlkit.contrastive import (
+    ContrastivePair,
+    SimCSELoss,
+    group_ids,
+    info_nce,
+    mine_pairs,
+    unsupervised_pairs,
+)
 from mtlkit.surgery import PCGrad, SurgeryStats, pcgrad_weights
 
 __all__ = [
+    "ContrastivePair",
     "PCGrad",
+    "SimCSELoss",
     "SurgeryStats",
+    "group_ids",
+    "info_nce",
+    "mine_pairs",
     "pcgrad_weights",
+    "unsupervised_pairs",
 ]
 
 __version__ = "0.1.0"
