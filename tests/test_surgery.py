@@ -297,7 +297,7 @@ def test_zero_norm_gradients_never_give_nan():
 def test_non_finite_loss_names_the_task():
     theta = torch.zeros(2, requires_grad=True)
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0))
-    with pytest.raises(ValueError, match="'qqp'.*not finite"):
+    with pytest.raises(ValueError, match=r"'qqp'.*not finite"):
         opt.backward({"sst": theta.sum(), "qqp": theta.sum() * float("nan")})
 
 

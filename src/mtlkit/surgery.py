@@ -151,7 +151,8 @@ class PCGrad(Optimizer):
         >>> import torch
         >>> torch.manual_seed(0)
         <torch._C.Generator object at ...>
-        >>> body, head_a, head_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+        >>> body, head_a = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+        >>> head_b = torch.nn.Linear(4, 1)
         >>> params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
         >>> opt = PCGrad(torch.optim.SGD(params, lr=0.1), seed=0)
         >>> x = torch.randn(8, 4)
@@ -175,7 +176,8 @@ class PCGrad(Optimizer):
     ) -> None:
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, PCGrad):
             raise TypeError(
-                f"optimizer: expected a torch.optim.Optimizer to wrap, got {type(optimizer).__name__}"
+                "optimizer: expected a torch.optim.Optimizer to wrap, "
+                f"got {type(optimizer).__name__}"
             )
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
@@ -501,7 +503,8 @@ def _as_named_losses(
         names, tensors = [str(i) for i in range(len(losses))], list(losses)
     else:
         raise TypeError(
-            f"losses: expected a sequence or a mapping of scalar tensors, got {type(losses).__name__}"
+            "losses: expected a sequence or a mapping of scalar tensors, "
+            f"got {type(losses).__name__}"
         )
     if not tensors:
         raise ValueError("losses: need at least one task loss")
