@@ -3,6 +3,8 @@
 The public API is the names in ``__all__``; everything else is private.
 """
 
-__all__: list[str] = []
+from .loader import MultiTaskLoader
+
+__all__: list[str] = ["MultiTaskLoader"]
 
 __version__ = "0.1.0"

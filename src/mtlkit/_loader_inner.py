@@ -62,7 +62,7 @@ def set_inner_epoch(loader: Iterable, epoch: int) -> None:
 
 
 def is_stateful(loader: Iterable) -> bool:
-    """Whether ``loader`` follows the StatefulDataLoader protocol (``state_dict``/``load_state_dict``)."""
+    """Whether ``loader`` has ``state_dict``/``load_state_dict`` (a StatefulDataLoader)."""
     return callable(getattr(loader, "state_dict", None)) and callable(
         getattr(loader, "load_state_dict", None)
     )

@@ -64,7 +64,7 @@ def _set_rng_state(rng: random.Random, state: list[Any]) -> None:
 
 
 class _Urn(_Schedule):
-    """``proportional``: draw without replacement from an urn holding ``len(loader)`` balls per task.
+    """``proportional``: draw without replacement from an urn of ``len(loader)`` balls per task.
 
     Each step takes task ``t`` with probability ``remaining_t / remaining``, so the marginal
     probability is ``n_t / sum(n)`` as in proportional sampling, and a default-length epoch takes
