@@ -97,6 +97,7 @@ class MultiTaskLoader:
         TypeError: ``loaders`` not a mapping of ``str`` to iterables.
 
     Example:
+        >>> from mtlkit import MultiTaskLoader
         >>> loader = MultiTaskLoader({"sst": ["s0", "s1"], "qqp": ["q0", "q1", "q2"]})
         >>> len(loader), list(loader)[2]
         (3, {'sst': 's0', 'qqp': 'q2'})
@@ -171,6 +172,7 @@ class MultiTaskLoader:
         """Per-step task probabilities of the sampled modes, ``None`` for the others.
 
         Example:
+            >>> from mtlkit import MultiTaskLoader
             >>> MultiTaskLoader({"a": [0] * 9, "b": [0]}, mode="temperature",
             ...                 temperature=2.0).probabilities
             {'a': 0.75, 'b': 0.25}
@@ -190,6 +192,7 @@ class MultiTaskLoader:
         A state loaded with :meth:`load_state_dict` for another epoch is dropped.
 
         Example:
+            >>> from mtlkit import MultiTaskLoader
             >>> loader = MultiTaskLoader({"a": [1, 2], "b": [3]}, mode="proportional")
             >>> loader.set_epoch(3)
             >>> loader.epoch
@@ -236,6 +239,7 @@ class MultiTaskLoader:
         JSON. Taken between steps, it resumes with the step after the last one yielded.
 
         Example:
+            >>> from mtlkit import MultiTaskLoader
             >>> loader = MultiTaskLoader({"a": [1, 2, 3], "b": [4]}, mode="round_robin")
             >>> it = iter(loader); _ = next(it), next(it)
             >>> state = loader.state_dict(); state["epoch"], state["step"]
@@ -251,6 +255,7 @@ class MultiTaskLoader:
         """Resume from :meth:`state_dict`: the next iteration yields the rest of its epoch.
 
         Example:
+            >>> from mtlkit import MultiTaskLoader
             >>> make = lambda: MultiTaskLoader({"a": [1, 2, 3], "b": [4]}, mode="proportional")
             >>> loader = make(); it = iter(loader); head = [next(it) for _ in range(2)]
             >>> resumed = make(); resumed.load_state_dict(loader.state_dict())
