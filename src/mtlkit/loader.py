@@ -120,7 +120,7 @@ class MultiTaskLoader:
         steps_per_epoch: int | None = None,
         check_ranks: bool = True,
     ) -> None:
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if not isinstance(loaders, Mapping):
             raise TypeError(
