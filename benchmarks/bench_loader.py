@@ -118,7 +118,7 @@ def measure(loaders: dict, repeats: int) -> dict[str, float]:
         time_per_batch(make_iter, per_step)
     for r in range(repeats):
         names = list(runs)
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
             make_iter, per_step = runs[name]
             best[name] = min(best[name], time_per_batch(make_iter, per_step))
     return best

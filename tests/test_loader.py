@@ -153,8 +153,10 @@ def test_deterministic_by_seed_and_epoch(mode):
         loader = MultiTaskLoader(tagged([8, 5, 3]), mode=mode, seed=seed, **kw)
         loader.set_epoch(epoch)
         before = torch.get_rng_state()
-        out = [{k: item(v) for k, v in s.items()} if isinstance(s, dict) else (s[0], item(s[1]))
-               for s in loader]
+        out = [
+            {k: item(v) for k, v in s.items()} if isinstance(s, dict) else (s[0], item(s[1]))
+            for s in loader
+        ]
         assert torch.equal(before, torch.get_rng_state())  # and is left untouched
         return out
 
@@ -184,10 +186,12 @@ class RecordingSampler(DistributedSampler):
 
 
 def test_set_epoch_reaches_distributed_samplers_and_reshuffles_cycles():
-    samplers = {n: RecordingSampler(list(range(n)), num_replicas=2, rank=0, seed=1)
-                for n in (12, 4)}
-    dls = {f"t{n}": DataLoader(list(range(n)), batch_size=1, sampler=s)
-           for n, s in samplers.items()}
+    samplers = {
+        n: RecordingSampler(list(range(n)), num_replicas=2, rank=0, seed=1) for n in (12, 4)
+    }
+    dls = {
+        f"t{n}": DataLoader(list(range(n)), batch_size=1, sampler=s) for n, s in samplers.items()
+    }
     loader = MultiTaskLoader(dls, mode="interleaved")
     loader.set_epoch(3)
     assert all(s.epoch == 3 for s in samplers.values())
@@ -207,8 +211,7 @@ def test_inner_iterators_are_lazy():
             started.append(self[0])
             return super().__iter__()
 
-    loader = MultiTaskLoader({"a": Tracked(["a"] * 3), "b": Tracked(["b"] * 3)},
-                             mode="sequential")
+    loader = MultiTaskLoader({"a": Tracked(["a"] * 3), "b": Tracked(["b"] * 3)}, mode="sequential")
     it = iter(loader)
     assert started == []
     next(it)
@@ -239,8 +242,7 @@ def test_sequential_accepts_unsized_loaders():
     loader = MultiTaskLoader({"a": DataLoader(Stream(3)), "b": [10, 11]}, mode="sequential")
     with pytest.raises(TypeError, match="len"):
         len(loader)
-    assert [(t, int(b)) for t, b in loader] == [("a", 0), ("a", 1), ("a", 2), ("b", 10),
-                                                 ("b", 11)]
+    assert [(t, int(b)) for t, b in loader] == [("a", 0), ("a", 1), ("a", 2), ("b", 10), ("b", 11)]
 
 
 def test_unsized_loader_with_steps_per_epoch():
@@ -256,10 +258,13 @@ def test_unsized_loader_with_steps_per_epoch():
         (({"a": []},), {}, ValueError, "empty"),
         (({"a": [1]}, "zigzag"), {}, ValueError, "round_robin"),
         (({"a": DataLoader(Stream(2))},), {}, ValueError, "len"),
-        (({"a": DataLoader(Stream(2))}, "proportional"), {"steps_per_epoch": 3}, ValueError,
-         "len"),
-        (({"a": [1], "b": [2]}, "weighted"), {"weights": {"a": 1, "c": 1}}, ValueError,
-         "unknown tasks"),
+        (({"a": DataLoader(Stream(2))}, "proportional"), {"steps_per_epoch": 3}, ValueError, "len"),
+        (
+            ({"a": [1], "b": [2]}, "weighted"),
+            {"weights": {"a": 1, "c": 1}},
+            ValueError,
+            "unknown tasks",
+        ),
         (({"a": [1], "b": [2]}, "weighted"), {"weights": {"a": 1}}, ValueError, "missing"),
         (({"a": [1]}, "weighted"), {"weights": {"a": -1}}, ValueError, "weights"),
         (({"a": [1]}, "weighted"), {"weights": {"a": 0}}, ValueError, "all be 0"),

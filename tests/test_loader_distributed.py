@@ -26,9 +26,7 @@ def _loaders(rank: int) -> dict[str, DataLoader]:
 
 
 def _worker(rank: int, tmp: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2
-    )
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     try:
         torch.manual_seed(100 + rank)  # ranks' global RNGs differ; the loader must not care
         record: dict[str, object] = {}
@@ -54,8 +52,7 @@ def _worker(rank: int, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_same_tasks_disjoint_data(tmp_path):
-    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for key in r0:
         if key == "mismatch":
@@ -69,16 +66,19 @@ def test_two_gloo_ranks_same_tasks_disjoint_data(tmp_path):
             seen0 = [x for step in r0[f"{mode}/{epoch}"] for _, b in step for x in b]
             seen1 = [x for step in r1[f"{mode}/{epoch}"] for _, b in step for x in b]
             if mode == "proportional":  # one pass over every loader: a partition of the data
-                everything = sorted(1000 * t + k for t, n in enumerate(SIZES.values())
-                                    for k in range(n))
+                everything = sorted(
+                    1000 * t + k for t, n in enumerate(SIZES.values()) for k in range(n)
+                )
                 assert sorted(seen0 + seen1) == everything
             # a cycle of a DistributedSampler gives the ranks disjoint halves
             first_cycle = {name: n // 4 for name, n in SIZES.items()}
             for name, batches in first_cycle.items():
-                b0 = [x for step in r0[f"{mode}/{epoch}"] for t, b in step if t == name
-                      for x in b][: 2 * batches]
-                b1 = [x for step in r1[f"{mode}/{epoch}"] for t, b in step if t == name
-                      for x in b][: 2 * batches]
+                b0 = [x for step in r0[f"{mode}/{epoch}"] for t, b in step if t == name for x in b][
+                    : 2 * batches
+                ]
+                b1 = [x for step in r1[f"{mode}/{epoch}"] for t, b in step if t == name for x in b][
+                    : 2 * batches
+                ]
                 assert set(b0).isdisjoint(b1), (mode, epoch, name)
     assert r0["interleaved/0"] != r0["interleaved/1"]  # set_epoch reshuffled the samplers
     assert "differs across ranks" in r0["mismatch"]

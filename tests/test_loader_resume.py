@@ -9,11 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
+
+try:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+except ImportError:  # pragma: no cover - torchdata is in the test extra
+    StatefulDataLoader = None
 
 from mtlkit import MultiTaskLoader
 
 NAMES = "abcd"
+needs_torchdata = pytest.mark.skipif(StatefulDataLoader is None, reason="torchdata not installed")
+KINDS = ["dataloader", pytest.param("stateful", marks=needs_torchdata)]
 
 
 class Counting(Dataset):
@@ -45,8 +51,12 @@ def make_loaders(sizes, kind="dataloader", batch_size=1, workers=0):
 def make(mode, sizes, kind="dataloader", seed=0, **kw):
     if mode == "weighted":
         kw["weights"] = {NAMES[t]: t + 1.0 for t in range(len(sizes))}
-    return MultiTaskLoader(make_loaders(sizes, kind, kw.pop("batch_size", 1),
-                                        kw.pop("workers", 0)), mode=mode, seed=seed, **kw)
+    return MultiTaskLoader(
+        make_loaders(sizes, kind, kw.pop("batch_size", 1), kw.pop("workers", 0)),
+        mode=mode,
+        seed=seed,
+        **kw,
+    )
 
 
 def plain(step):
@@ -77,7 +87,7 @@ def check_resume(mode, sizes, stop, kind, seed=0, epoch=0, json_roundtrip=False,
     return resumed
 
 
-@pytest.mark.parametrize("kind", ["dataloader", "stateful"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", MultiTaskLoader.modes)
 @given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=3), data=st.data())
 @settings(max_examples=8, deadline=None)
@@ -88,8 +98,9 @@ def test_resume_mid_epoch_equals_uninterrupted(kind, mode, sizes, data):
     stop = data.draw(st.integers(0, total), label="stop")
     seed = data.draw(st.integers(0, 2**20), label="seed")
     epoch = data.draw(st.integers(0, 3), label="epoch")
-    check_resume(mode, sizes, stop, kind, seed=seed, epoch=epoch,
-                 json_roundtrip=kind == "dataloader")
+    check_resume(
+        mode, sizes, stop, kind, seed=seed, epoch=epoch, json_roundtrip=kind == "dataloader"
+    )
 
 
 @pytest.mark.parametrize("mode", ["interleaved", "proportional", "temperature"])
@@ -124,6 +135,7 @@ def test_resume_with_worker_processes():
     check_resume("temperature", [5, 3], 4, "dataloader", workers=1, batch_size=2)
 
 
+@needs_torchdata
 def test_stateful_inner_state_is_used():
     first = make("round_robin", [3, 2], kind="stateful")
     it = iter(first)

@@ -88,8 +88,13 @@ class Run:
                 inner = owner._loaders[i].state_dict()  # type: ignore[attr-defined]
             loaders[name] = {"cycle": self.cycles[i], "consumed": self.consumed[i], "state": inner}
         return {
-            "version": VERSION, "mode": owner._mode, "tasks": list(owner._names),
-            "seed": owner._seed, "steps": self.steps, "epoch": self.epoch, "step": self.step,
+            "version": VERSION,
+            "mode": owner._mode,
+            "tasks": list(owner._names),
+            "seed": owner._seed,
+            "steps": self.steps,
+            "epoch": self.epoch,
+            "step": self.step,
             "task": self.task,
             "schedule": None if self.schedule is None else self.schedule.state(),
             "loaders": loaders,
@@ -102,8 +107,15 @@ class Run:
         import torch.distributed as dist
 
         owner = self.owner
-        mine = (owner._mode, owner._names, owner._seed, owner._sizes, self.steps, self.epoch,
-                self.step)
+        mine = (
+            owner._mode,
+            owner._names,
+            owner._seed,
+            owner._sizes,
+            self.steps,
+            self.epoch,
+            self.step,
+        )
         everyone: list[Any] = [None] * _distributed.get_world_size()
         dist.all_gather_object(everyone, mine)
         if any(other != mine for other in everyone):

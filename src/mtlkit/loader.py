@@ -268,8 +268,13 @@ class MultiTaskLoader:
         missing -= set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks keys {sorted(missing)}")
-        expected = {"version": VERSION, "mode": self._mode, "tasks": list(self._names),
-                    "seed": self._seed, "steps": self._steps}
+        expected = {
+            "version": VERSION,
+            "mode": self._mode,
+            "tasks": list(self._names),
+            "seed": self._seed,
+            "steps": self._steps,
+        }
         for key, value in expected.items():
             if state_dict.get(key) != value:
                 raise ValueError(
