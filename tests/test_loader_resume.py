@@ -37,9 +37,7 @@ class Counting(Dataset):
 
 
 def make_loaders(sizes, kind="dataloader", batch_size=1, workers=0):
-    # A StatefulDataLoader seeds its own shuffle generator from the global RNG when it is built
-    # (and restores it from its state); build it under a fixed seed, as a reproducible run does.
-    torch.manual_seed(1234)
+    torch.manual_seed(int(torch.randint(0, 2**30, ())))  # no shared global seed between builds
     out = {}
     for t, n in enumerate(sizes):
         ds = Counting(n * batch_size, 1000 * t)
@@ -193,3 +191,45 @@ def test_resume_leaves_global_rng_alone():
     before = torch.get_rng_state()
     list(resumed)
     assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_after_earlier_epochs_in_the_same_process(kind):
+    """A generator-driven shuffle must not depend on the epochs run before the checkpoint."""
+
+    def build(kind):
+        gen = torch.Generator().manual_seed(99)
+        cls = StatefulDataLoader if kind == "stateful" else DataLoader
+        return MultiTaskLoader(
+            {
+                "a": cls(Counting(12, 0), batch_size=2, shuffle=True, generator=gen),
+                "b": cls(Counting(4, 1000), batch_size=2, shuffle=True),
+            },
+            mode="weighted",
+            weights={"a": 1.0, "b": 0.2},
+            seed=5,
+        )
+
+    long_run = build(kind)
+    for _ in range(2):  # epochs 0 and 1 advance every generator
+        list(long_run)
+    it = iter(long_run)
+    head = [plain(next(it)) for _ in range(2)]
+    state = long_run.state_dict()
+    rest_uninterrupted = [plain(s) for s in it]
+    resumed = build(kind)  # a new process: generators at their initial state
+    resumed.load_state_dict(state)
+    assert head + [plain(s) for s in resumed] == head + rest_uninterrupted
+
+
+def test_own_generator_shuffle_is_a_function_of_seed_and_epoch():
+    def epoch_items(gen_seed, epoch):
+        gen = torch.Generator().manual_seed(gen_seed)
+        dl = DataLoader(list(range(8)), batch_size=1, shuffle=True, generator=gen)
+        loader = MultiTaskLoader({"a": dl}, mode="interleaved", seed=0)
+        loader.set_epoch(epoch)
+        return [int(s["a"]) for s in loader]
+
+    assert epoch_items(1, 0) == epoch_items(2, 0)
+    assert epoch_items(1, 0) != epoch_items(1, 1)
+

@@ -61,6 +61,29 @@ def set_inner_epoch(loader: Iterable, epoch: int) -> None:
         obj.set_epoch(epoch)
 
 
+def reseed_generators(loader: Iterable, seed: int) -> None:
+    """``manual_seed(seed)`` every ``torch.Generator`` that drives ``loader``'s shuffle.
+
+    Covers the loader's ``generator`` and those of its ``sampler``, ``batch_sampler`` and that
+    one's ``sampler`` (a ``RandomSampler(generator=g)``, a ``DataLoader(generator=g)``,
+    torchdata's stateful ``RandomSampler``), so that each restart shuffles as a function of
+    ``seed`` and not of how many times the generator was used before.
+    """
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    owners = (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    )
+    seen: set[int] = set()
+    for owner in owners:
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and id(gen) not in seen:
+            seen.add(id(gen))
+            gen.manual_seed(seed)
+
+
 def is_stateful(loader: Iterable) -> bool:
     """Whether ``loader`` has ``state_dict``/``load_state_dict`` (a StatefulDataLoader)."""
     return callable(getattr(loader, "state_dict", None)) and callable(
@@ -107,14 +130,16 @@ def start(
 ) -> tuple[Iterator, Any]:
     """Create a fresh iterator over ``loader`` and return it with its first batch.
 
-    The samplers get ``set_epoch(epoch)``; the iterator is created (and its first batch drawn)
-    with torch's CPU default generator temporarily seeded by ``rng_seed`` and restored afterwards,
-    so samplers that draw their shuffle from the global RNG (the default ``RandomSampler``) and
-    the workers' base seed depend on ``rng_seed`` alone. ``state`` is loaded into a stateful
+    The samplers get ``set_epoch(epoch)``, their own generators are seeded with ``rng_seed``, and
+    the iterator is created (and its first batch drawn) with torch's CPU default generator
+    temporarily seeded by ``rng_seed`` and restored afterwards, so samplers that draw their
+    shuffle from the global RNG (the default ``RandomSampler``) and the workers' base seed
+    depend on ``rng_seed`` alone. ``state`` is loaded into a stateful
     loader first; otherwise ``skip`` batches are fast-forwarded. The first batch is
     :data:`EXHAUSTED` when nothing is left.
     """
     set_inner_epoch(loader, epoch)
+    reseed_generators(loader, rng_seed)
     gen = torch.default_generator
     saved = gen.get_state()
     gen.manual_seed(rng_seed)
