@@ -62,10 +62,13 @@ class MultiTaskLoader:
     gradients on different ranks and DDP would hang or fail). Give each task loader a
     :class:`~torch.utils.data.DistributedSampler` for disjoint data per rank. Inner loaders
     restart with ``set_epoch(epoch + cycle * 2**32)`` on their samplers (cycle 0 is ``epoch``,
-    later cycles are fresh shuffles), and are created with torch's CPU generator seeded from
-    ``(seed, epoch, task, cycle)`` and restored afterwards, so a default ``RandomSampler`` also
-    shuffles reproducibly. With ``check_ranks`` (the default) the start of every epoch
-    all-gathers the configuration and raises ``ValueError`` if the ranks disagree.
+    later cycles are fresh shuffles); the samplers' own ``torch.Generator`` (a
+    ``DataLoader(generator=g)``, ``RandomSampler(generator=g)``, torchdata's sampler) is
+    ``manual_seed``-ed from ``(seed, epoch, task, cycle)``, and the iterator is created with
+    torch's CPU generator seeded from the same and restored afterwards, so a default
+    ``RandomSampler`` also shuffles reproducibly and the global RNG is left as it was. With
+    ``check_ranks`` (the default) the start of every epoch all-gathers the configuration and
+    raises ``ValueError`` if the ranks disagree.
 
     Epochs: a completed pass advances the epoch by one; :meth:`set_epoch` sets it explicitly
     (and reaches every inner sampler's ``set_epoch``). Inner iterators are created lazily, when
@@ -78,9 +81,9 @@ class MultiTaskLoader:
     own state; any other is restarted for its recorded cycle and fast-forwarded: a
     single-process ``DataLoader`` over a map-style dataset skips at the sampler level (no sample
     is loaded); other loaders have their consumed batches read and discarded. Fast-forward is
-    exact when the inner loader is deterministic given its sampler epoch and the seeded global
-    generator (``DistributedSampler``, ``SequentialSampler``, default ``RandomSampler``); a
-    sampler with its own ``torch.Generator`` needs a ``StatefulDataLoader`` for an exact resume.
+    exact when the inner loader is deterministic given its sampler epoch and the seeded
+    generators (``DistributedSampler``, ``SequentialSampler``, ``RandomSampler`` with or without
+    a generator); a sampler drawing randomness elsewhere needs a stateful loader.
 
     Args:
         loaders: ``{task: loader}``; the order of the mapping is the task order.
