@@ -24,5 +24,8 @@ __all__ = [
     "pcgrad_weights",
     "unsupervised_pairs",
 ]
+from .loader import MultiTaskLoader
+
+__all__: list[str] = ["MultiTaskLoader"]
 
 __version__ = "0.1.0"
