@@ -1,0 +1,412 @@
+"""LoRAMoE: a task-routed mixture of LoRA experts on peft (paper section 4, Eq. 6).
+
+Each task gets its own LoRA adapter ("expert") on the same frozen base model:
+``h = W_0 x + (alpha / r) B_t A_t x`` for the task ``t`` of the sample. peft creates, initializes,
+merges and names the experts; the routing is ours (see ``_lora_moe_routing``), so that
+
+* a batch can mix tasks sample by sample **in training** (peft's ``adapter_names`` is
+  inference-only),
+* every expert stays trainable at once (peft's ``set_adapter`` freezes the inactive ones),
+* :meth:`LoRAMoE.merged` hands back a plain model of the wrapped class with one expert folded in.
+
+Departures from the paper: the paper fine-tunes the whole model ("without parameter freezing");
+here the base is frozen unless ``train_base=True``. A learned top-k router (``router="topk"``) is
+offered as an extra mode; task routing is the paper's and the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mtlkit._lora_moe_config import LoRAMoEConfig, ParameterCounts
+from mtlkit._lora_moe_routing import Route, build_route, task_routed_output, topk_routed_output
+
+__all__ = ["LoRAMoE", "LoRAMoEConfig", "ParameterCounts"]
+
+logger = logging.getLogger(__name__)
+
+_WEIGHTS = "experts.safetensors"
+_CONFIG = "lora_moe.json"
+
+
+class LoRAMoE(nn.Module):
+    """A mixture of LoRA experts, one per task, on a Hugging Face model (built with peft).
+
+    The wrapped ``model`` is modified in place (peft injects the LoRA layers into it) and kept as
+    :attr:`model`. Its base weights are frozen unless ``train_base=True``; every expert is
+    trainable at once, whatever the routing of the last batch.
+
+    Args:
+        model: a ``transformers`` model (``BertModel``, ``BertForSequenceClassification``, ...).
+        tasks: task names, one expert each.
+        r: LoRA rank (the paper: 256).
+        alpha: LoRA alpha (the paper: 32); updates are scaled by ``alpha / r``.
+        dropout: LoRA dropout on the experts' inputs.
+        target_modules: peft ``target_modules``; ``None`` adapts each BERT layer's attention
+            output dense, intermediate dense and output dense (never the pooler). Only
+            ``nn.Linear`` targets are supported.
+        use_rslora: scale by ``alpha / sqrt(r)`` instead.
+        router: ``"task"`` (default): ``forward(task=...)`` picks the expert. ``"topk"``: a
+            learned per-layer, per-token router mixes the ``top_k`` best experts (Mixtral style)
+            and :attr:`load_balancing_loss` holds the Switch auxiliary loss of the last forward.
+        top_k: experts per token for ``router="topk"``.
+        train_base: also train the base model's weights.
+
+    Raises:
+        ValueError: bad settings, or ``target_modules`` that match nothing in ``model``.
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> _ = torch.manual_seed(0)
+        >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=32))
+        >>> moe = LoRAMoE(bert, tasks=["sst", "qqp", "sts"], r=4, alpha=8)
+        >>> ids = torch.randint(0, 30, (3, 5))
+        >>> moe(task="sst", input_ids=ids).last_hidden_state.shape
+        torch.Size([3, 5, 16])
+        >>> out = moe(task=["sst", "qqp", "sst"], input_ids=ids)  # one task per sample
+        >>> moe.num_parameters().per_expert["sst"]  # 4 * (16 + 16) + 2 * 4 * (16 + 32)
+        512
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[str],
+        r: int = 256,
+        alpha: float = 32,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] | str | None = None,
+        use_rslora: bool = False,
+        *,
+        router: Literal["task", "topk"] = "task",
+        top_k: int = 1,
+        train_base: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.config = LoRAMoEConfig(
+            tasks=list(tasks) if not isinstance(tasks, str) else tasks,
+            r=r,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            use_rslora=use_rslora,
+            router=router,
+            top_k=top_k,
+        )
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+
+        lora_config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=self.config.peft_target_modules,
+            use_rslora=use_rslora,
+            bias="none",
+        )
+        first, *rest = self.config.tasks
+        try:
+            peft_model = get_peft_model(model, lora_config, adapter_name=first)
+        except ValueError as err:
+            raise ValueError(f"target_modules: peft could not adapt the model: {err}") from err
+        for task in rest:
+            peft_model.add_adapter(task, lora_config)
+        # peft's PeftModel is kept off the module tree (no duplicate state-dict keys).
+        object.__setattr__(self, "_peft", peft_model)
+        self.model = model
+        self._layers: list[nn.Module] = []
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                if not isinstance(module, LoraLinear):
+                    raise ValueError(
+                        f"target_modules: {name} is a {type(module.get_base_layer()).__name__}; "
+                        "LoRAMoE supports nn.Linear targets only"
+                    )
+                self._layers.append(module)
+        # The LoRA layers return the base output; our hooks add the routed experts.
+        peft_model.base_model.disable_adapter_layers()
+        peft_model.base_model.set_requires_grad(self.config.tasks, requires_grad=True)
+        self.routers = nn.ModuleList()
+        if self.config.router == "topk":
+            for layer in self._layers:
+                lin = nn.Linear(layer.in_features, len(self.config.tasks), bias=False)
+                nn.init.normal_(lin.weight, std=0.02)
+                self.routers.append(lin.to(layer.get_base_layer().weight.device))
+        self.train_base = bool(train_base)
+        if self.train_base:
+            for p in self._base_parameters():
+                p.requires_grad_(True)
+        self._route: Route | None = None
+        self._aux: list[torch.Tensor] = []
+        self.load_balancing_loss: torch.Tensor | None = None
+        for i, layer in enumerate(self._layers):
+            layer.register_forward_hook(self._make_hook(i))
+        logger.info(
+            "LoRAMoE: %d experts on %d layers, %d parameters each",
+            len(self.config.tasks),
+            len(self._layers),
+            self._expert_size(first),
+        )
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names, one per expert, in order."""
+        return list(self.config.tasks)
+
+    # ------------------------------------------------------------------ routing
+    def _make_hook(self, index: int):
+        def hook(layer: nn.Module, args: tuple[Any, ...], out: torch.Tensor):
+            route = self._route
+            if route is None:  # called outside LoRAMoE.forward: the bare base layer
+                return None
+            x = args[0]
+            if self.config.router == "task":
+                return task_routed_output(layer, route, x, out)
+            out, aux = topk_routed_output(
+                layer, self.routers[index], self.config.tasks, self.config.top_k, x, out
+            )
+            self._aux.append(aux)
+            return out
+
+        return hook
+
+    def forward(self, *args: Any, task: str | Sequence[str] | torch.Tensor | None = None, **inputs):
+        """Runs the wrapped model with each sample's expert.
+
+        Args:
+            *args: positional inputs of the wrapped model.
+            task: a task name (the whole batch), a sequence of task names or a 1-D tensor of task
+                indices (one per sample; training included). Must be ``None`` with the top-k
+                router, which chooses experts itself.
+            **inputs: keyword inputs of the wrapped model (``input_ids``, ``attention_mask``...).
+
+        Returns:
+            Whatever the wrapped model returns (e.g. a ``BertModel``'s output with
+            ``last_hidden_state`` and ``pooler_output``).
+
+        Raises:
+            ValueError: a missing or unknown task, or a routing whose length is not the batch size.
+        """
+        if self.config.router == "task":
+            if task is None:
+                raise ValueError(f"task: required with task routing; one of {self.tasks}")
+            batch_size, device = _batch_info(args, inputs)
+            route = build_route(task, self.config.tasks, batch_size, device)
+        else:
+            if task is not None:
+                raise ValueError("task: the top-k router picks experts itself; pass task=None")
+            route = Route(None, ())
+        if self.training and _checkpointing(self.model):
+            raise ValueError(
+                "LoRAMoE does not support gradient checkpointing: the recomputed forward would "
+                "run without routing. Disable it on the wrapped model."
+            )
+        self._route, self._aux = route, []
+        try:
+            output = self.model(*args, **inputs)
+        finally:
+            self._route = None
+        if self.config.router == "topk":
+            self.load_balancing_loss = torch.stack(self._aux).mean()
+        return output
+
+    # --------------------------------------------------------------- parameters
+    def _expert_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        for layer in self._layers:
+            yield from layer.lora_A[task].parameters()
+            yield from layer.lora_B[task].parameters()
+
+    def _expert_size(self, task: str) -> int:
+        return sum(p.numel() for p in self._expert_parameters(task))
+
+    def _base_parameters(self) -> Iterator[nn.Parameter]:
+        ours = {id(p) for t in self.config.tasks for p in self._expert_parameters(t)}
+        for p in self.model.parameters():
+            if id(p) not in ours:
+                yield p
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Every expert's parameters (all tasks), the router's, and the base's if ``train_base``.
+
+        Unlike filtering on ``requires_grad`` after peft's ``set_adapter``, this never misses an
+        inactive expert. Give it to the optimizer.
+
+        Example:
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> moe = LoRAMoE(bert, tasks=["a1", "b1"], r=2)
+            >>> opt = torch.optim.AdamW(moe.trainable_parameters(), lr=1e-3)
+            >>> sum(p.numel() for g in opt.param_groups for p in g["params"])
+            512
+        """
+        for task in self.config.tasks:
+            yield from self._expert_parameters(task)
+        yield from self.routers.parameters()
+        if self.train_base:
+            yield from self._base_parameters()
+
+    def num_parameters(self) -> ParameterCounts:
+        """Counts the base, each expert, the router, the trainable and all parameters.
+
+        Example:
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> c = LoRAMoE(bert, tasks=["a1", "b1"], r=2).num_parameters()
+            >>> c.per_expert, c.trainable, c.total - c.base
+            ({'a1': 256, 'b1': 256}, 512, 512)
+        """
+        base = sum(p.numel() for p in self._base_parameters())
+        per_expert = {t: self._expert_size(t) for t in self.config.tasks}
+        router = sum(p.numel() for p in self.routers.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return ParameterCounts(
+            base=base,
+            per_expert=per_expert,
+            router=router,
+            trainable=trainable,
+            total=base + sum(per_expert.values()) + router,
+        )
+
+    # ------------------------------------------------------------------ merging
+    def merged(self, task: str) -> nn.Module:
+        """A plain copy of the wrapped model with ``task``'s expert merged into its weights.
+
+        The result is an instance of the wrapped model's class, takes the same inputs, has no
+        adapter code left (``W = W_0 + (alpha / r) B A``), is in the mixture's train/eval mode and
+        has every parameter trainable. The mixture itself is left unchanged.
+
+        Raises:
+            ValueError: an unknown task, or a top-k router (no single expert to merge).
+
+        Example:
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> moe = LoRAMoE(bert, tasks=["a1", "b1"], r=2).eval()
+            >>> single = moe.merged("a1")
+            >>> type(single).__name__
+            'BertModel'
+        """
+        if self.config.router != "task":
+            raise ValueError("merged: a top-k router mixes experts per token; nothing to merge")
+        if not isinstance(task, str) or task not in self.config.tasks:
+            raise ValueError(f"task: unknown task {task!r}; known tasks are {self.tasks}")
+        peft_copy = copy.deepcopy(self._peft)
+        plain = peft_copy.merge_and_unload(adapter_names=[task])
+        for p in plain.parameters():
+            p.requires_grad_(True)
+        return plain.train(self.training)
+
+    # ------------------------------------------------------------- save / load
+    def expert_state_dict(self) -> dict[str, torch.Tensor]:
+        """The experts' (and router's) tensors by name; the base model is not included."""
+        return {
+            name: p.detach()
+            for name, p in self.named_parameters()
+            if ".lora_A." in name or ".lora_B." in name or name.startswith("routers.")
+        }
+
+    def save_experts(self, path: str | Path) -> Path:
+        """Writes the experts to ``path/experts.safetensors`` and the settings to ``lora_moe.json``.
+
+        The base model is not saved: load the experts onto a fresh copy with
+        :meth:`from_pretrained`.
+
+        Example:
+            >>> import tempfile
+            >>> from transformers import BertConfig, BertModel
+            >>> cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                  num_attention_heads=2, intermediate_size=32)
+            >>> moe = LoRAMoE(BertModel(cfg), tasks=["a1", "b1"], r=2)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = moe.save_experts(d)
+            ...     again = LoRAMoE.from_pretrained(BertModel(cfg), d)
+            >>> again.tasks
+            ['a1', 'b1']
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous().cpu() for k, v in self.expert_state_dict().items()}
+        save_file(tensors, str(path / _WEIGHTS), metadata={"format": "pt", "library": "mtlkit"})
+        (path / _CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return path
+
+    def load_experts(self, path: str | Path) -> None:
+        """Loads experts saved by :meth:`save_experts` into this mixture (same names and shapes).
+
+        Raises:
+            FileNotFoundError: no ``experts.safetensors`` under ``path``.
+            ValueError: missing, unexpected or mis-shaped tensors.
+        """
+        from safetensors.torch import load_file
+
+        file = Path(path) / _WEIGHTS
+        if not file.is_file():
+            raise FileNotFoundError(f"path: no {_WEIGHTS} in {path}")
+        loaded = load_file(str(file))
+        own = self.expert_state_dict()
+        missing, unexpected = sorted(own.keys() - loaded.keys()), sorted(loaded.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(
+                f"path: the saved experts do not fit this model; missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for name, target in own.items():
+                if loaded[name].shape != target.shape:
+                    raise ValueError(
+                        f"path: {name} has shape {tuple(loaded[name].shape)}, "
+                        f"expected {tuple(target.shape)}"
+                    )
+                target.copy_(loaded[name])
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path, **kwargs: Any) -> LoRAMoE:
+        """Builds a mixture on ``model`` with the saved settings and loads the saved experts.
+
+        Args:
+            model: a fresh base model of the same architecture as the saved one.
+            path: a directory written by :meth:`save_experts`.
+            **kwargs: keyword-only options of the constructor (``train_base``).
+        """
+        file = Path(path) / _CONFIG
+        if not file.is_file():
+            raise FileNotFoundError(f"path: no {_CONFIG} in {path}")
+        settings = LoRAMoEConfig(**json.loads(file.read_text())).to_dict()
+        moe = cls(model, **settings, **kwargs)
+        moe.load_experts(path)
+        return moe
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether Hugging Face activation checkpointing is on."""
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr):
+            return bool(getattr(model, attr))
+    return False
+
+
+def _batch_info(args: tuple[Any, ...], inputs: dict[str, Any]) -> tuple[int | None, torch.device]:
+    """Batch size and device of the first tensor input (``input_ids``/``inputs_embeds`` first)."""
+    ordered = [inputs.get("input_ids"), inputs.get("inputs_embeds"), *args, *inputs.values()]
+    for value in ordered:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0], value.device
+    return None, torch.device("cpu")
