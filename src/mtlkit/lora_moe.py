@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,11 @@ class LoRAMoE(nn.Module):
         )
         first, *rest = self.config.tasks
         try:
-            peft_model = get_peft_model(model, lora_config, adapter_name=first)
+            with warnings.catch_warnings():  # peft itself calls transformers' deprecated alias
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                peft_model = get_peft_model(model, lora_config, adapter_name=first)
         except ValueError as err:
             raise ValueError(f"target_modules: peft could not adapt the model: {err}") from err
         for task in rest:
