@@ -416,3 +416,17 @@ def test_topk_router_save_load_round_trip(tmp_path):
     torch.testing.assert_close(
         again(**inputs).last_hidden_state, moe(**inputs).last_hidden_state, atol=0, rtol=0
     )
+
+
+def test_bert_base_counts_match_the_guide():
+    """The numbers quoted in docs/guides/lora_moe.md (bert-base, r=256, three tasks)."""
+    with torch.device("meta"):  # shapes only: no memory, no initialization cost
+        bert = transformers.BertModel(transformers.BertConfig())
+        moe = LoRAMoE(bert, tasks=TASKS, r=256, alpha=32)
+    c = moe.num_parameters()
+    hidden, ff, layers, r = 768, 3072, 12, 256
+    assert c.per_expert["sst"] == layers * r * ((hidden + hidden) + 2 * (hidden + ff))
+    assert c.base == 109_482_240
+    assert c.per_expert == dict.fromkeys(TASKS, 28_311_552)
+    assert c.trainable == 84_934_656 == 81 * 2**20
+    assert c.total == 194_416_896

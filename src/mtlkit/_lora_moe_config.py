@@ -30,6 +30,7 @@ class LoRAMoEConfig:
         top_k: experts mixed per token when ``router="topk"``.
 
     Example:
+        >>> from mtlkit import LoRAMoEConfig
         >>> LoRAMoEConfig(tasks=["sst", "qqp"], r=8).router
         'task'
         >>> LoRAMoEConfig(tasks=["sst", "sst"])
@@ -105,6 +106,7 @@ class ParameterCounts:
         total: everything: ``base + sum(per_expert) + router``.
 
     Example:
+        >>> from mtlkit import ParameterCounts
         >>> c = ParameterCounts(base=10, per_expert={"a": 2, "b": 2}, router=0,
         ...                     trainable=4, total=14)
         >>> c.experts

@@ -66,6 +66,7 @@ class LoRAMoE(nn.Module):
         TypeError: ``model`` is not an ``nn.Module``.
 
     Example:
+        >>> from mtlkit import LoRAMoE
         >>> from transformers import BertConfig, BertModel
         >>> _ = torch.manual_seed(0)
         >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
@@ -250,6 +251,7 @@ class LoRAMoE(nn.Module):
         inactive expert. Give it to the optimizer.
 
         Example:
+            >>> from mtlkit import LoRAMoE
             >>> from transformers import BertConfig, BertModel
             >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
             ...                             num_attention_heads=2, intermediate_size=32))
@@ -268,6 +270,7 @@ class LoRAMoE(nn.Module):
         """Counts the base, each expert, the router, the trainable and all parameters.
 
         Example:
+            >>> from mtlkit import LoRAMoE
             >>> from transformers import BertConfig, BertModel
             >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
             ...                             num_attention_heads=2, intermediate_size=32))
@@ -299,6 +302,7 @@ class LoRAMoE(nn.Module):
             ValueError: an unknown task, or a top-k router (no single expert to merge).
 
         Example:
+            >>> from mtlkit import LoRAMoE
             >>> from transformers import BertConfig, BertModel
             >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
             ...                             num_attention_heads=2, intermediate_size=32))
@@ -333,6 +337,7 @@ class LoRAMoE(nn.Module):
         :meth:`from_pretrained`.
 
         Example:
+            >>> from mtlkit import LoRAMoE
             >>> import tempfile
             >>> from transformers import BertConfig, BertModel
             >>> cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
