@@ -490,3 +490,15 @@ def test_real_minilm_on_real_data_mixed_routing_training_and_merge():
             sub = {k: v[rows] for k, v in inputs.items()}
             merged = moe.merged(task).eval()(**sub).last_hidden_state
             torch.testing.assert_close(merged, routed[rows], atol=1e-5, rtol=1e-5)
+
+
+def test_a_deep_copy_routes_with_its_own_experts():
+    moe = make_moe().eval()
+    twin = copy.deepcopy(moe)
+    randomize_experts(twin, seed=42)
+    inputs = batch()
+    a = moe(task=["sst", "qqp", "sts", "sst"], **inputs).last_hidden_state
+    b = twin(task=["sst", "qqp", "sts", "sst"], **inputs).last_hidden_state
+    assert (a - b).abs().max() > 1e-3  # the copy uses its own (changed) experts
+    twin_single = twin.merged("qqp")
+    torch.testing.assert_close(twin_single(**inputs).last_hidden_state[1], b[1], atol=1e-5, rtol=0)

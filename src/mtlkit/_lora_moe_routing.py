@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -141,3 +142,55 @@ def topk_routed_output(
     frac = counts.reshape(-1, n_experts).mean(0) / k
     mean_p = probs.reshape(-1, n_experts).mean(0)
     return out, n_experts * (frac * mean_p).sum()
+
+
+class RoutingState:
+    """What the hooks of one mixture share: the current route and the top-k router's losses.
+
+    Kept in a plain object (not a closure) so that ``copy.deepcopy`` of a mixture gives the copy's
+    hooks the copy's state.
+    """
+
+    def __init__(self, tasks: Sequence[str], top_k: int, routers: nn.ModuleList | None) -> None:
+        self.tasks = list(tasks)
+        self.top_k = top_k
+        self.routers = routers  # None with task routing
+        self.route: Route | None = None
+        self.aux: list[torch.Tensor] = []
+
+
+class RoutingHook:
+    """Forward hook of one peft LoRA layer: adds the routed experts' updates to its output."""
+
+    def __init__(self, state: RoutingState, index: int) -> None:
+        self.state = state
+        self.index = index
+
+    def __call__(self, layer: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        state = self.state
+        if state.route is None:  # called outside LoRAMoE.forward: the bare base layer
+            return None
+        x = args[0]
+        if state.routers is None:
+            return task_routed_output(layer, state.route, x, out)
+        router = state.routers[self.index]
+        out, aux = topk_routed_output(layer, router, state.tasks, state.top_k, x, out)
+        state.aux.append(aux)
+        return out
+
+
+def checkpointing(model: nn.Module) -> bool:
+    """Whether Hugging Face activation checkpointing is on."""
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr):
+            return bool(getattr(model, attr))
+    return False
+
+
+def batch_info(args: tuple[Any, ...], inputs: dict[str, Any]) -> tuple[int | None, torch.device]:
+    """Batch size and device of the first tensor input (``input_ids``/``inputs_embeds`` first)."""
+    ordered = [inputs.get("input_ids"), inputs.get("inputs_embeds"), *args, *inputs.values()]
+    for value in ordered:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0], value.device
+    return None, torch.device("cpu")

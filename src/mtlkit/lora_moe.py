@@ -17,9 +17,7 @@ offered as an extra mode; task routing is the paper's and the default.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +26,20 @@ import torch
 from torch import nn
 
 from mtlkit._lora_moe_config import LoRAMoEConfig, ParameterCounts
-from mtlkit._lora_moe_routing import Route, build_route, task_routed_output, topk_routed_output
+from mtlkit._lora_moe_io import load_experts, read_config, save_experts
+from mtlkit._lora_moe_peft import build_experts
+from mtlkit._lora_moe_routing import (
+    Route,
+    RoutingHook,
+    RoutingState,
+    batch_info,
+    build_route,
+    checkpointing,
+)
 
 __all__ = ["LoRAMoE", "LoRAMoEConfig", "ParameterCounts"]
 
 logger = logging.getLogger(__name__)
-
-_WEIGHTS = "experts.safetensors"
-_CONFIG = "lora_moe.json"
 
 
 class LoRAMoE(nn.Module):
@@ -107,44 +111,11 @@ class LoRAMoE(nn.Module):
             router=router,
             top_k=top_k,
         )
-        from peft import LoraConfig, get_peft_model
-        from peft.tuners.lora import Linear as LoraLinear
-        from peft.tuners.lora import LoraLayer
-
-        lora_config = LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            target_modules=self.config.peft_target_modules,
-            use_rslora=use_rslora,
-            bias="none",
-        )
-        first, *rest = self.config.tasks
-        try:
-            with warnings.catch_warnings():  # peft itself calls transformers' deprecated alias
-                warnings.filterwarnings(
-                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-                )
-                peft_model = get_peft_model(model, lora_config, adapter_name=first)
-        except ValueError as err:
-            raise ValueError(f"target_modules: peft could not adapt the model: {err}") from err
-        for task in rest:
-            peft_model.add_adapter(task, lora_config)
+        peft_model, layers = build_experts(model, self.config)
         # peft's PeftModel is kept off the module tree (no duplicate state-dict keys).
         object.__setattr__(self, "_peft", peft_model)
         self.model = model
-        self._layers: list[nn.Module] = []
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer):
-                if not isinstance(module, LoraLinear):
-                    raise ValueError(
-                        f"target_modules: {name} is a {type(module.get_base_layer()).__name__}; "
-                        "LoRAMoE supports nn.Linear targets only"
-                    )
-                self._layers.append(module)
-        # The LoRA layers return the base output; our hooks add the routed experts.
-        peft_model.base_model.disable_adapter_layers()
-        peft_model.base_model.set_requires_grad(self.config.tasks, requires_grad=True)
+        self._layers: list[nn.Module] = layers
         self.routers = nn.ModuleList()
         if self.config.router == "topk":
             for layer in self._layers:
@@ -155,16 +126,16 @@ class LoRAMoE(nn.Module):
         if self.train_base:
             for p in self._base_parameters():
                 p.requires_grad_(True)
-        self._route: Route | None = None
-        self._aux: list[torch.Tensor] = []
+        routers = self.routers if self.config.router == "topk" else None
+        self._state = RoutingState(self.config.tasks, self.config.top_k, routers)
         self.load_balancing_loss: torch.Tensor | None = None
         for i, layer in enumerate(self._layers):
-            layer.register_forward_hook(self._make_hook(i))
+            layer.register_forward_hook(RoutingHook(self._state, i))
         logger.info(
             "LoRAMoE: %d experts on %d layers, %d parameters each",
             len(self.config.tasks),
             len(self._layers),
-            self._expert_size(first),
+            self._expert_size(self.config.tasks[0]),
         )
 
     @property
@@ -173,22 +144,6 @@ class LoRAMoE(nn.Module):
         return list(self.config.tasks)
 
     # ------------------------------------------------------------------ routing
-    def _make_hook(self, index: int):
-        def hook(layer: nn.Module, args: tuple[Any, ...], out: torch.Tensor):
-            route = self._route
-            if route is None:  # called outside LoRAMoE.forward: the bare base layer
-                return None
-            x = args[0]
-            if self.config.router == "task":
-                return task_routed_output(layer, route, x, out)
-            out, aux = topk_routed_output(
-                layer, self.routers[index], self.config.tasks, self.config.top_k, x, out
-            )
-            self._aux.append(aux)
-            return out
-
-        return hook
-
     def forward(self, *args: Any, task: str | Sequence[str] | torch.Tensor | None = None, **inputs):
         """Runs the wrapped model with each sample's expert.
 
@@ -209,24 +164,25 @@ class LoRAMoE(nn.Module):
         if self.config.router == "task":
             if task is None:
                 raise ValueError(f"task: required with task routing; one of {self.tasks}")
-            batch_size, device = _batch_info(args, inputs)
+            batch_size, device = batch_info(args, inputs)
             route = build_route(task, self.config.tasks, batch_size, device)
         else:
             if task is not None:
                 raise ValueError("task: the top-k router picks experts itself; pass task=None")
             route = Route(None, ())
-        if self.training and _checkpointing(self.model):
+        if self.training and checkpointing(self.model):
             raise ValueError(
                 "LoRAMoE does not support gradient checkpointing: the recomputed forward would "
                 "run without routing. Disable it on the wrapped model."
             )
-        self._route, self._aux = route, []
+        self._state.route, self._state.aux = route, []
         try:
             output = self.model(*args, **inputs)
         finally:
-            self._route = None
+            self._state.route = None
         if self.config.router == "topk":
-            self.load_balancing_loss = torch.stack(self._aux).mean()
+            self.load_balancing_loss = torch.stack(self._state.aux).mean()
+            self._state.aux = []
         return output
 
     # --------------------------------------------------------------- parameters
@@ -349,14 +305,7 @@ class LoRAMoE(nn.Module):
             >>> again.tasks
             ['a1', 'b1']
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous().cpu() for k, v in self.expert_state_dict().items()}
-        save_file(tensors, str(path / _WEIGHTS), metadata={"format": "pt", "library": "mtlkit"})
-        (path / _CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return path
+        return save_experts(self, path)
 
     def load_experts(self, path: str | Path) -> None:
         """Loads experts saved by :meth:`save_experts` into this mixture (same names and shapes).
@@ -365,27 +314,7 @@ class LoRAMoE(nn.Module):
             FileNotFoundError: no ``experts.safetensors`` under ``path``.
             ValueError: missing, unexpected or mis-shaped tensors.
         """
-        from safetensors.torch import load_file
-
-        file = Path(path) / _WEIGHTS
-        if not file.is_file():
-            raise FileNotFoundError(f"path: no {_WEIGHTS} in {path}")
-        loaded = load_file(str(file))
-        own = self.expert_state_dict()
-        missing, unexpected = sorted(own.keys() - loaded.keys()), sorted(loaded.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(
-                f"path: the saved experts do not fit this model; missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        with torch.no_grad():
-            for name, target in own.items():
-                if loaded[name].shape != target.shape:
-                    raise ValueError(
-                        f"path: {name} has shape {tuple(loaded[name].shape)}, "
-                        f"expected {tuple(target.shape)}"
-                    )
-                target.copy_(loaded[name])
+        load_experts(self, path)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, **kwargs: Any) -> LoRAMoE:
@@ -396,27 +325,6 @@ class LoRAMoE(nn.Module):
             path: a directory written by :meth:`save_experts`.
             **kwargs: keyword-only options of the constructor (``train_base``).
         """
-        file = Path(path) / _CONFIG
-        if not file.is_file():
-            raise FileNotFoundError(f"path: no {_CONFIG} in {path}")
-        settings = LoRAMoEConfig(**json.loads(file.read_text())).to_dict()
-        moe = cls(model, **settings, **kwargs)
+        moe = cls(model, **read_config(path).to_dict(), **kwargs)
         moe.load_experts(path)
         return moe
-
-
-def _checkpointing(model: nn.Module) -> bool:
-    """Whether Hugging Face activation checkpointing is on."""
-    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), attr):
-            return bool(getattr(model, attr))
-    return False
-
-
-def _batch_info(args: tuple[Any, ...], inputs: dict[str, Any]) -> tuple[int | None, torch.device]:
-    """Batch size and device of the first tensor input (``input_ids``/``inputs_embeds`` first)."""
-    ordered = [inputs.get("input_ids"), inputs.get("inputs_embeds"), *args, *inputs.values()]
-    for value in ordered:
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0], value.device
-    return None, torch.device("cpu")
