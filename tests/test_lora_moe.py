@@ -502,3 +502,19 @@ def test_a_deep_copy_routes_with_its_own_experts():
     assert (a - b).abs().max() > 1e-3  # the copy uses its own (changed) experts
     twin_single = twin.merged("qqp")
     torch.testing.assert_close(twin_single(**inputs).last_hidden_state[1], b[1], atol=1e-5, rtol=0)
+
+
+def test_lora_dropout_acts_in_training_only():
+    inputs = batch()
+    moe = make_moe(dropout=0.5).train()
+    a = moe(task=["sst", "qqp", "sst", "sts"], **inputs).last_hidden_state
+    b = moe(task=["sst", "qqp", "sst", "sts"], **inputs).last_hidden_state
+    assert (a - b).abs().max() > 1e-4  # a fresh dropout mask each call
+    moe.eval()
+    plain = make_moe(dropout=0.0).eval()  # same seeds: same base and experts
+    torch.testing.assert_close(
+        moe(task="qqp", **inputs).last_hidden_state,
+        plain(task="qqp", **inputs).last_hidden_state,
+        atol=0,
+        rtol=0,
+    )

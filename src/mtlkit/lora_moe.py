@@ -160,6 +160,20 @@ class LoRAMoE(nn.Module):
 
         Raises:
             ValueError: a missing or unknown task, or a routing whose length is not the batch size.
+
+        Example:
+            >>> from mtlkit import LoRAMoE
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> moe = LoRAMoE(bert, tasks=["a1", "b1"], r=2)
+            >>> ids = torch.randint(0, 30, (2, 4))
+            >>> moe(task=torch.tensor([1, 0]), input_ids=ids).pooler_output.shape
+            torch.Size([2, 16])
+            >>> moe(task=["a1"], input_ids=ids)
+            Traceback (most recent call last):
+            ...
+            ValueError: task: the routing has 1 entries but the batch has 2 samples
         """
         if self.config.router == "task":
             if task is None:
@@ -279,7 +293,17 @@ class LoRAMoE(nn.Module):
 
     # ------------------------------------------------------------- save / load
     def expert_state_dict(self) -> dict[str, torch.Tensor]:
-        """The experts' (and router's) tensors by name; the base model is not included."""
+        """The experts' (and router's) tensors by name; the base model is not included.
+
+        Example:
+            >>> from mtlkit import LoRAMoE
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> names = list(LoRAMoE(bert, tasks=["a1", "b1"], r=2).expert_state_dict())
+            >>> len(names), names[0]
+            (12, 'model.encoder.layer.0.attention.output.dense.lora_A.a1.weight')
+        """
         return {
             name: p.detach()
             for name, p in self.named_parameters()
@@ -313,6 +337,21 @@ class LoRAMoE(nn.Module):
         Raises:
             FileNotFoundError: no ``experts.safetensors`` under ``path``.
             ValueError: missing, unexpected or mis-shaped tensors.
+
+        Example:
+            >>> import tempfile
+            >>> from mtlkit import LoRAMoE
+            >>> from transformers import BertConfig, BertModel
+            >>> cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                  num_attention_heads=2, intermediate_size=32)
+            >>> moe = LoRAMoE(BertModel(cfg), tasks=["a1", "b1"], r=2)
+            >>> other = LoRAMoE(BertModel(cfg), tasks=["a1", "b1"], r=2)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = moe.save_experts(d)
+            ...     other.load_experts(d)
+            >>> all(torch.equal(a, b) for a, b in zip(moe.expert_state_dict().values(),
+            ...                                       other.expert_state_dict().values()))
+            True
         """
         load_experts(self, path)
 
@@ -324,6 +363,22 @@ class LoRAMoE(nn.Module):
             model: a fresh base model of the same architecture as the saved one.
             path: a directory written by :meth:`save_experts`.
             **kwargs: keyword-only options of the constructor (``train_base``).
+
+        Raises:
+            FileNotFoundError: ``path`` holds no saved mixture.
+            ValueError: the saved experts do not fit ``model``.
+
+        Example:
+            >>> from mtlkit import LoRAMoE
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> LoRAMoE.from_pretrained(bert, "no/such/dir")
+            Traceback (most recent call last):
+            ...
+            FileNotFoundError: path: no lora_moe.json in no/such/dir
+
+            See :meth:`save_experts` for a round trip.
         """
         moe = cls(model, **read_config(path).to_dict(), **kwargs)
         moe.load_experts(path)
