@@ -27,5 +27,8 @@ __all__ = [
 from .loader import MultiTaskLoader
 
 __all__: list[str] = ["MultiTaskLoader"]
+from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
+
+__all__: list[str] = ["LoRAMoE", "LoRAMoEConfig", "ParameterCounts"]
 
 __version__ = "0.1.0"
