@@ -98,7 +98,8 @@ def test_larger_mu_keeps_the_model_closer_to_the_teacher():
             (torch.nn.functional.cross_entropy(out, y) + prox(out, x)).backward()
             opt.step()
             prox.update()
-        return sum((p.detach() - s).norm() ** 2 for p, s in zip(net.parameters(), start))
+        pairs = zip(net.parameters(), start, strict=True)
+        return sum((p.detach() - s).norm() ** 2 for p, s in pairs)
 
     assert train(mu=1.0) < 0.5 * train(mu=0.0)
 

@@ -138,7 +138,7 @@ def test_shape_mismatch_raises():
 @pytest.mark.parametrize("project", [True, False])
 @pytest.mark.parametrize("num_steps", [0, 1, 2])
 def test_matches_naive_algorithm(norm, project, num_steps):
-    lin, fn = tiny_model()
+    _lin, fn = tiny_model()
     emb = torch.randn(3, 4, 6)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
     kw = dict(kind="classification", epsilon=2e-2, noise_std=1e-2, step_size=5e-2,
@@ -179,7 +179,7 @@ def test_mask_and_ball_properties(batch, tokens, hidden, norm, project, steps, d
     mask = torch.tensor(data.draw(st.lists(
         st.lists(st.integers(0, 1), min_size=tokens, max_size=tokens),
         min_size=batch, max_size=batch)))
-    lin, fn = tiny_model(hidden=hidden)
+    _lin, fn = tiny_model(hidden=hidden)
     emb = torch.randn(batch, tokens, hidden)
     rec = Recorder(fn)
     eps = 1e-3
@@ -198,7 +198,7 @@ def test_mask_and_ball_properties(batch, tokens, hidden, norm, project, steps, d
 
 
 def test_zero_steps_is_random_noise_unprojected():
-    lin, fn = tiny_model()
+    _lin, fn = tiny_model()
     emb = torch.randn(2, 3, 6)
     rec = Recorder(fn)
     SmartLoss(num_steps=0, noise_std=0.5, epsilon=1e-5,
@@ -220,7 +220,7 @@ def test_sharper_model_is_less_smooth():
 
 
 def test_ascent_beats_random_noise():
-    lin, fn = tiny_model(hidden=8, classes=4)
+    _lin, fn = tiny_model(hidden=8, classes=4)
     emb = torch.randn(6, 5, 8)
     random = SmartLoss(num_steps=0, noise_std=1e-3, generator=torch.Generator().manual_seed(0))
     attack = SmartLoss(num_steps=1, noise_std=1e-3, epsilon=1e-3, step_size=1e-2,
@@ -269,7 +269,7 @@ def test_bfloat16_model_output_is_compared_in_float32():
 
 
 def test_bool_mask_accepted():
-    lin, fn = tiny_model()
+    _lin, fn = tiny_model()
     emb = torch.randn(2, 3, 6)
     mask = torch.tensor([[True, False, True], [True, True, False]])
     rec = Recorder(fn)
@@ -299,7 +299,7 @@ def test_constructor_validation(kwargs, error, match):
 
 
 def test_call_validation():
-    lin, fn = tiny_model()
+    _lin, fn = tiny_model()
     emb = torch.randn(2, 3, 6)
     smart = SmartLoss()
     with pytest.raises(TypeError, match="forward_fn"):
@@ -316,7 +316,7 @@ def test_call_validation():
 
 def test_matches_smart_pytorch_in_normalized_mode():
     sp = pytest.importorskip("smart_pytorch", reason="smart-pytorch is not installed")
-    lin, fn = tiny_model()
+    _lin, fn = tiny_model()
     emb = torch.randn(3, 4, 6)
     logits = fn(emb)
     div = lambda a, b: _divergence("classification", a, b)  # noqa: E731

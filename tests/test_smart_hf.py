@@ -95,7 +95,7 @@ def test_smart_end_to_end_on_tiny_bert():
 
 def test_validation():
     bert, clf = tiny_bert()
-    ids, mask, _ = batch()
+    ids, _mask, _ = batch()
     head = lambda out: clf(out.pooler_output)  # noqa: E731
     with pytest.raises(TypeError, match="encoder"):
         hf_smart_inputs(lambda x: x, head, ids)

@@ -9,8 +9,9 @@ SMART's update at iteration ``t`` minimizes
     \\mathcal{D}_{\\mathrm{Breg}}(\\theta, \\tilde\\theta_t)
       = \\frac{1}{n} \\sum_i \\ell_s\\big(f(x_i; \\theta), f(x_i; \\tilde\\theta_t)\\big),
 
-with the momentum teacher :math:`\\tilde\\theta_t = (1-\\beta)\\theta_t + \\beta\\tilde\\theta_{t-1}`
-(an exponential moving average of the parameters). :class:`BregmanProximal` keeps that teacher.
+with the momentum teacher
+:math:`\\tilde\\theta_t = (1-\\beta)\\theta_t + \\beta\\tilde\\theta_{t-1}` (an exponential
+moving average of the parameters). :class:`BregmanProximal` keeps that teacher.
 """
 
 from __future__ import annotations
