@@ -45,6 +45,7 @@ def hf_smart_inputs(
 
     Example:
         >>> import torch
+        >>> from mtlkit import hf_smart_inputs
         >>> from transformers import BertConfig, BertModel
         >>> from mtlkit import SmartLoss
         >>> _ = torch.manual_seed(0)

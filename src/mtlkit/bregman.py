@@ -46,6 +46,7 @@ class BregmanProximal(nn.Module):
 
     Example:
         >>> import torch
+        >>> from mtlkit import BregmanProximal
         >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(4, 3)
         >>> prox = BregmanProximal(model, beta=0.99, mu=1.0)
@@ -107,6 +108,7 @@ class BregmanProximal(nn.Module):
 
         Example:
             >>> import torch
+            >>> from mtlkit import BregmanProximal
             >>> m = torch.nn.Linear(1, 1, bias=False)
             >>> prox = BregmanProximal(m, beta=0.5)
             >>> with torch.no_grad():
@@ -155,6 +157,7 @@ class BregmanProximal(nn.Module):
 
         Example:
             >>> import torch
+            >>> from mtlkit import BregmanProximal
             >>> prox = BregmanProximal(torch.nn.Linear(2, 2), mu=2.0, kind="regression")
             >>> prox.penalty(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])).item()
             10.0

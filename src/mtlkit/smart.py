@@ -120,6 +120,7 @@ class SmartLoss(nn.Module):
 
     Example:
         >>> import torch
+        >>> from mtlkit import SmartLoss
         >>> _ = torch.manual_seed(0)
         >>> head = torch.nn.Linear(8, 3)
         >>> forward_fn = lambda emb: head(emb.mean(dim=1))   # embeddings -> logits
@@ -185,6 +186,7 @@ class SmartLoss(nn.Module):
 
         Example:
             >>> import torch
+            >>> from mtlkit import SmartLoss
             >>> a = torch.tensor([[2.0, 0.0]])
             >>> SmartLoss().divergence(a, a).item()
             0.0
@@ -220,6 +222,7 @@ class SmartLoss(nn.Module):
 
         Example:
             >>> import torch
+            >>> from mtlkit import SmartLoss
             >>> w = torch.nn.Linear(4, 1)
             >>> fn = lambda e: w(e).sum(dim=(1, 2))
             >>> emb = torch.randn(2, 3, 4)
