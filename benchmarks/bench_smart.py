@@ -3,15 +3,15 @@
 Setup (the one of benchmarks/bench_pcgrad.py): a randomly initialised transformers BertModel
 (hidden 256, 4 layers, 4 heads, intermediate 1024), a 5-class head, batch 16, sequence length 64,
 Adam, CPU, 2 threads. Variants run in interleaved rounds (one step of each per round, in a
-shuffled order) so that
-load from other processes hits them alike; the table gives the median over rounds of the
-wall-clock time and of the process CPU time (the latter is less sensitive to other processes).
+shuffled order) so that load from other processes hits them alike; the table gives the median
+over rounds of the wall-clock time and of the process CPU time (less sensitive to other load).
 
 A second table measures what the two noise modes do on this model (no timing): the per-token
 radius of the final perturbation, R_s, how much the ascent step moved the noise away from its
 random start, and the norm of the regularizer's parameter gradient relative to the task loss's.
 
-Run: ``PYTHONPATH=src python benchmarks/bench_smart.py [--rounds 12]``. Last line:
+Run: ``PYTHONPATH=src python benchmarks/bench_smart.py [--rounds 12] [--minilm-data DIR]``
+(``--minilm-data``: the same measurement on the packaged pretrained MiniLM). Last line:
 ``smart/plain: X.XX`` (mtlkit's default SmartLoss step over the plain step).
 """
 
