@@ -111,7 +111,12 @@ class SmartLoss(nn.Module):
             onto the ``epsilon`` ball. ``False`` (smart-pytorch, mt-dnn): the noise becomes
             ``(noise + eta * g) / ||noise + eta * g||`` with the raw gradient ``g``, never
             projected: per-token norm 1 whatever ``epsilon`` is.
-        generator: optional :class:`torch.Generator` for the initial noise.
+        generator: optional :class:`torch.Generator` for the initial noise (on the
+            embeddings' device).
+
+    ``forward_fn`` is called ``num_steps + 1`` times per call, in the model's current mode: in
+    training mode each call draws new dropout masks, and on a dropout model that difference
+    dominates the divergence at the paper's radius (see the guide).
 
     Returns from ``forward``: a non-negative float32 scalar. If the output does not depend on
     the embeddings it is 0 (the zero gradient gives a zero step, not NaN). If the gradient or
