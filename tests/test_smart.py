@@ -312,6 +312,8 @@ def test_call_validation():
         smart(fn, emb, fn(emb), attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="clean_output"):
         smart(fn, emb, fn(emb)[:1])
+    with pytest.raises(TypeError, match="forward_fn must return"):
+        smart(lambda e: {"logits": fn(e)}, emb, fn(emb))
 
 
 def test_matches_smart_pytorch_in_normalized_mode():

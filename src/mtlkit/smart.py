@@ -53,6 +53,8 @@ def _divergence(kind: str, input: Tensor, target: Tensor) -> Tensor:
     dimension of size 1 is read as one binary logit); ``binary``: every element is one logit;
     ``regression``: mean squared error over all elements.
     """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"forward_fn must return a torch.Tensor, got {type(input).__name__}")
     if input.shape != target.shape:
         raise ValueError(
             f"forward_fn output has shape {tuple(input.shape)} but clean_output has shape "
