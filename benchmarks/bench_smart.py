@@ -203,6 +203,7 @@ def main() -> None:
     print("| model mode | noise | median per-token linf radius | R_s | cos(noise, its random "
           "start) | grad norm R_s / task |")
     print("|---|---|---:|---:|---:|---:|")
+    _, bert, head, _ = build()  # a fresh model: the effects do not depend on --rounds
     for mode, label, radius, reg, cos, ratio in mode_effects(bert, head, ids, mask, y):
         print(f"| {mode} | {label} | {radius:.2e} | {reg:.2e} | {cos:.3f} | {ratio:.2e} |")
     print()
