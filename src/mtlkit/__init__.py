@@ -30,5 +30,10 @@ __all__: list[str] = ["MultiTaskLoader"]
 from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
 
 __all__: list[str] = ["LoRAMoE", "LoRAMoEConfig", "ParameterCounts"]
+from mtlkit._smart_hf import hf_smart_inputs
+from mtlkit.bregman import BregmanProximal
+from mtlkit.smart import SmartLoss
+
+__all__: list[str] = ["BregmanProximal", "SmartLoss", "hf_smart_inputs"]
 
 __version__ = "0.1.0"
