@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from multitask_bert import TASKS  # noqa: E402
-from multitask_bert.model import DEFAULT_MODEL  # noqa: E402
-from multitask_bert.presets import PRESETS, describe  # noqa: E402
+from multitask_bert import TASKS
+from multitask_bert.model import DEFAULT_MODEL
+from multitask_bert.presets import PRESETS, describe
 
 logger = logging.getLogger("bert_sst_qqp_sts")
 

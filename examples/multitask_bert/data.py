@@ -3,7 +3,8 @@
 The files are described in ``../shared/data/README.md``. Every quirk listed there is handled
 here: the unnamed pandas index column (columns are found by header name, never by position), the
 SST test file's extra leading column, CSV quoting with doubled quotes (the ``csv`` module parses
-them; splitting on tabs by hand would keep the quotes), QQP labels written as floats, and rows
+them; splitting on tabs by hand would keep the quotes; QQP questions quoted twice upstream are
+unquoted once more by :func:`unquote_nested`), QQP labels written as floats, and rows
 with a missing sentence or label, which are logged with file and line, skipped, and counted.
 """
 
@@ -148,7 +149,7 @@ def read_split(data_dir: str | Path, task: str, split: str) -> TaskSplit:
                                path, line, len(row), len(header))
                 out.skipped += 1
                 continue
-            texts = [row[col[c]].strip() for c in text_cols]
+            texts = [unquote_nested(row[col[c]].strip()) for c in text_cols]
             raw_label = row[label_col].strip() if label_col is not None else "x"
             if not all(texts) or not raw_label:
                 what = "sentence" if not all(texts) else "label"
@@ -168,6 +169,28 @@ def read_split(data_dir: str | Path, task: str, split: str) -> TaskSplit:
         logger.warning("%s: skipped %d row(s) with missing fields (kept %d)",
                        path, out.skipped, len(out))
     return out
+
+
+def unquote_nested(text: str) -> str:
+    """Undo a second level of CSV quoting left inside a field.
+
+    Some QQP questions were quoted twice upstream (the original Quora TSV quoted the ones
+    holding quotes, and the course's pandas export quoted them again), so one ``csv`` parse
+    leaves text such as ``"Do I need ""the"" here?"``. A field that starts and ends with a
+    quote and whose inner quotes all come doubled (at least one pair) is unquoted once more;
+    anything else, such as a question simply written in quotes, is kept as is.
+
+    >>> print(unquote_nested('"Do I need ""the"" here?"'))
+    Do I need "the" here?
+    >>> print(unquote_nested('"Hi" and "bye"'))
+    "Hi" and "bye"
+    """
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    inner = text[1:-1]
+    if '""' not in inner or inner.replace('""', "").count('"'):
+        return text
+    return inner.replace('""', '"')
 
 
 def _parse_label(task: str, raw: str, path: Path, line: int) -> float:

@@ -152,8 +152,12 @@ def errors_markdown(dev: dict[str, Predictions], splits: dict[str, TaskSplit], k
         if p.gold is None:
             continue
         sp = splits[task]
-        text = (lambda i, sp=sp: _cell(sp.sent1[i]) if sp.sent2 is None
-                else f"{_cell(sp.sent1[i])} / {_cell(sp.sent2[i])}")
+
+        def text(i: int, sp: TaskSplit = sp) -> str:
+            if sp.sent2 is None:
+                return _cell(sp.sent1[i])
+            return f"{_cell(sp.sent1[i])} / {_cell(sp.sent2[i])}"
+
         if task == "sts":
             rows = sorted(range(len(p.pred)), key=lambda i: -abs(p.pred[i] - p.gold[i]))[:k]
             lines += ["## STS (largest absolute errors)", "",
