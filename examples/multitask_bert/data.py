@@ -361,7 +361,9 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 def make_loader(ds: TokenizedTask, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     """A DataLoader over ``ds`` with length-grouped batches and dynamic padding."""
     sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, shuffle, seed)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate)
+    # an own generator: iterating never draws from the global RNG (exact --resume)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 class TaskStream:

@@ -168,6 +168,7 @@ class Trainer:
     def run(self) -> RunState:
         s, c = self.state, self.cfg
         while s.epoch < c.epochs and not self.out_of_budget():
+            self.model.train()  # from_pretrained hands the encoder back in eval mode
             steps_this_epoch = len(self.plan) if c.loader == "builtin" else None
             bar = tqdm(total=steps_this_epoch, initial=s.step_in_epoch,
                        desc=f"epoch {s.epoch + 1}/{c.epochs}", disable=not c.progress,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_rows
+
 from multitask_bert.data import (
     LengthGroupedBatchSampler,
     TaskSplit,
