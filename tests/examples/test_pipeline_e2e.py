@@ -196,3 +196,28 @@ def test_data_dir_required(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit):
         cli.parse_args([])
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_compare_driver(tiny_model_dir: Path, data_dir: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture) -> None:
+    import doctest
+
+    import compare_presets
+
+    assert doctest.testmod(compare_presets).failed == 0
+    table = compare_presets.main([
+        "--presets", "baseline", "ce", "--single-task", "--sweep", "dropout=0.1",
+        "--budget-minutes", "10", "--out", str(tmp_path / "cmp"), "--model", str(tiny_model_dir),
+        "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "8", "--no-progress",
+        "--log-every", "0", "--no-plots", "--threads", "1"])
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| baseline", "| baseline[sst]", "| baseline[qqp]", "| baseline[sts]",
+        "| baseline dropout=0.1", "| ce", "| ce[sst]", "| ce[qqp]", "| ce[sts]",
+        "| ce dropout=0.1"]
+    assert "| 0.647 |" in rows[0] and "| 0.761 |" in rows[5]  # the paper's numbers beside
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(results["ce[sst]"]["best_dev"]) == {"sst", "overall"}
+    cfg = json.loads((tmp_path / "cmp" / "09-ce_dropout-0.1" / "metrics.json").read_text())
+    assert cfg["config"]["dropout"] == 0.1 and cfg["config"]["max_train_minutes"] == 1.0
+    assert table in capsys.readouterr().out
