@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import TokenizedTask, make_loader
+from .batching import make_loader
+from .data import TokenizedTask
 from .model import MultiTaskBert, predict
 
 

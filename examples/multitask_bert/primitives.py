@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import TaskSplit, TokenCache, make_loader, mine_positive_pairs
+from .batching import make_loader
+from .data import TaskSplit, TokenCache, mine_positive_pairs
 from .model import MultiTaskBert
 
 logger = logging.getLogger(__name__)

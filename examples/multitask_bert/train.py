@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .batching import TaskStream, make_loader
 from .checkpoint import load_checkpoint, optimizer_state_from_json, save_checkpoint
-from .data import TaskStream, TokenizedTask, make_loader
+from .data import TokenizedTask
 from .model import MultiTaskBert, task_loss
 from .primitives import SmartTerm, iterate_mtlkit, mtlkit_loader, wrap_surgery
 

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_rows
+from pipeline_helpers import write_rows
 
+from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
 from multitask_bert.data import (
-    LengthGroupedBatchSampler,
     TaskSplit,
-    TaskStream,
     TokenCache,
     TokenizedTask,
-    make_loader,
     mine_positive_pairs,
     normalize_ptb,
     read_split,

@@ -139,7 +139,7 @@ def test_flatten_rejects_unknown_types() -> None:
     assert not math.isnan(1.0)
 
 
-@pytest.mark.parametrize("name", ["data", "model", "evaluate", "report", "presets",
+@pytest.mark.parametrize("name", ["data", "batching", "model", "evaluate", "report", "presets",
                                   "checkpoint", "primitives"])
 def test_module_doctests(name: str) -> None:
     module = importlib.import_module(f"multitask_bert.{name}")
