@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_helpers import write_rows
 
 import bert_sst_qqp_sts as cli
 from multitask_bert.checkpoint import load_checkpoint
@@ -221,3 +222,24 @@ def test_compare_driver(tiny_model_dir: Path, data_dir: Path, tmp_path: Path,
     cfg = json.loads((tmp_path / "cmp" / "09-ce_dropout-0.1" / "metrics.json").read_text())
     assert cfg["config"]["dropout"] == 0.1 and cfg["config"]["max_train_minutes"] == 1.0
     assert table in capsys.readouterr().out
+
+
+def test_training_learns_a_learnable_signal(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """SST label 4 iff the sentence says "great", else 0: a tiny BERT must learn it."""
+    import random
+
+    from pipeline_helpers import write_cs224n
+
+    data = write_cs224n(tmp_path / "data", n_train=64, n_dev=24)
+    rng = random.Random(1)
+    for split, n in (("train", 64), ("dev", 24)):
+        rows = []
+        for i in range(n):
+            label = 4 if i % 2 else 0
+            words = [rng.choice(["the", "film", "movie", "was", "it", "a"]) for _ in range(4)]
+            words.insert(rng.randint(0, 4), "great" if label else "awful")
+            rows.append([str(i), f"{i:025x}", " ".join(words), str(label)])
+        write_rows(data / f"ids-sst-{split}.csv", ["", "id", "sentence", "sentiment"], rows)
+    m = _run(tiny_model_dir, data, tmp_path / "out", "--tasks", "sst", "--epochs", "6",
+             "--lr", "2e-3", "--batch-size", "8", "--dropout", "0.0", "--no-plots")
+    assert m["best_dev"]["sst"] >= 0.9, m["history"]
