@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "datasets resampled to the largest; sequential: the datasets one after "
                    "another each epoch (the baseline) (default: interleaved)")
     g.add_argument("--loader", choices=["builtin", "mtlkit"], default="builtin",
-                   help="batch schedule implementation: the pipeline's own resumable one, or "
-                   "mtlkit.MultiTaskLoader (default: builtin)")
+                   help="batch schedule implementation: the pipeline's own one (resumes "
+                   "mid-epoch), or mtlkit.MultiTaskLoader (--resume restarts the "
+                   "interrupted epoch's batches) (default: builtin)")
     g.add_argument("--surgery", action="store_true",
                    help="gradient surgery on the shared encoder with mtlkit.PCGrad")
     g.add_argument("--smart-weight", type=float, default=0.0,
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentence embedding: [CLS] (paper) or masked mean (default: cls)")
     g.add_argument("--max-length", type=_positive_int, default=128,
                    help="truncate token sequences to this length (default: 128)")
+    g.add_argument("--pad-multiple", type=_positive_int, default=1,
+                   help="round each batch's padded length up to a multiple of this (fewer "
+                   "distinct shapes; try 16 with --bf16) (default: 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast (CPU AMX/AVX-512 or GPU); losses stay float32")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits, missing = load_splits(args)
     model, tokenizer = build_model(args)
     model.to(device)
-    cache = TokenCache(tokenizer, args.max_length)
+    cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
     t0 = time.perf_counter()
     train_sets = {t: cache.get(splits["train"][t], _mode(args, t)) for t in args.tasks}
     dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t)) for t in args.tasks}

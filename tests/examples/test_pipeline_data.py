@@ -141,6 +141,16 @@ def test_cross_and_separate_encoding(data_dir: Path, tiny_model_dir: Path) -> No
     assert batch["labels"].dtype == torch.float32
 
 
+def test_pad_multiple_rounds_the_width_up() -> None:
+    from multitask_bert.data import collate
+
+    items = [{"input_ids": [1, 2, 3], "token_type_ids": [0, 0, 0], "index": 0, "label": 2}]
+    b = collate(items, 0, "sst", pad_multiple=8)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 0, 0, 0, 0, 0]]
+    assert b["attention_mask"].sum().item() == 3 and b["labels"].dtype == torch.long
+    assert collate(items, 0, "sst", pad_multiple=3)["input_ids"].shape == (1, 3)
+
+
 def test_token_cache_tokenizes_once(data_dir: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
