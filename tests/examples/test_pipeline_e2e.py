@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -243,3 +244,49 @@ def test_training_learns_a_learnable_signal(tiny_model_dir: Path, tmp_path: Path
     m = _run(tiny_model_dir, data, tmp_path / "out", "--tasks", "sst", "--epochs", "6",
              "--lr", "2e-3", "--batch-size", "8", "--dropout", "0.0", "--no-plots")
     assert m["best_dev"]["sst"] >= 0.9, m["history"]
+
+
+class _RecordingPCGrad:
+    """A test double with PCGrad's DESIGN.md call shape (no surgery: it sums the losses).
+    It checks the pipeline's wiring only; the real PCGrad is run by test_primitive_presets."""
+
+    calls: ClassVar[list] = []
+
+    def __init__(self, optimizer, shared_params, reduction="sum", seed=0):
+        self.optimizer, self.shared = optimizer, list(shared_params)
+        self.param_groups = optimizer.param_groups
+        type(self).calls.append(("init", len(self.shared), reduction, seed))
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def backward(self, losses):
+        type(self).calls.append(("backward", sorted(losses)))
+        torch.stack(list(losses.values())).sum().backward()
+
+    def step(self):
+        self.optimizer.step()
+
+    def state_dict(self):
+        return {"inner": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["inner"])
+
+
+def test_surgery_wiring_follows_the_contract(tiny_model_dir: Path, data_dir: Path,
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtlkit
+
+    monkeypatch.setattr(mtlkit, "PCGrad", _RecordingPCGrad, raising=False)
+    _RecordingPCGrad.calls = []
+    flags = ["--preset", "ce-interleaved-surgery", "--seed", "3"]
+    _run(tiny_model_dir, data_dir, tmp_path / "out", *flags)
+    init = _RecordingPCGrad.calls[0]
+    n_encoder = len(list(load_checkpoint(tmp_path / "out" / "checkpoints" / "last")[0]))
+    assert init[0] == "init" and init[2:] == ("sum", 3) and 0 < init[1] < n_encoder
+    backwards = [c for c in _RecordingPCGrad.calls if c[0] == "backward"]
+    assert len(backwards) == 6 and all(c[1] == ["qqp", "sst", "sts"] for c in backwards)
+    # the wrapped optimizer's state goes through the checkpoint and back (--resume)
+    _run(tiny_model_dir, data_dir, tmp_path / "out", *flags, "--epochs", "2", "--resume")
