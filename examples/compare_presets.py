@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Run several presets under one shared training budget and print a Table-1-style table.
+
+Each run gets ``--budget-minutes / number of runs`` of training time (``--max-train-minutes``)
+and writes its own directory under ``--out``. Any flag this driver does not know is passed to
+every run (e.g. ``--max-train-per-task 2000 --threads 2``).
+
+Examples::
+
+    # the Table 1 ablation, 3 hours of training shared by the rows
+    python examples/compare_presets.py --presets baseline ce ce-interleaved \\
+        ce-interleaved-clip --budget-minutes 180 --out runs/table1
+    # section 5: single-task training of each task against multi-task
+    python examples/compare_presets.py --presets ce-interleaved-clip --single-task \\
+        --budget-minutes 60 --out runs/single
+    # Table 2: learning rate and dropout sweeps of one preset
+    python examples/compare_presets.py --presets ce-interleaved-clip --sweep lr=1e-5,5e-5 \\
+        --sweep dropout=0.1,0.3 --budget-minutes 120 --out runs/table2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bert_sst_qqp_sts as cli
+from multitask_bert.presets import PAPER_TABLE1, PRESETS
+
+logger = logging.getLogger("compare_presets")
+
+
+def plan_runs(presets: list[str], single_task: bool,
+              sweeps: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``(run name, extra argv)`` for every run.
+
+    >>> plan_runs(["ce"], True, [])[1]
+    ('ce[sst]', ['--preset', 'ce', '--tasks', 'sst'])
+    >>> [n for n, _ in plan_runs(["ce"], False, [("lr", ["1e-5", "5e-5"])])]
+    ['ce', 'ce lr=1e-5', 'ce lr=5e-5']
+    """
+    runs: list[tuple[str, list[str]]] = []
+    for preset in presets:
+        base = ["--preset", preset]
+        runs.append((preset, base))
+        if single_task:
+            runs += [(f"{preset}[{t}]", [*base, "--tasks", t]) for t in ("sst", "qqp", "sts")]
+        for flag, values in sweeps:
+            runs += [(f"{preset} {flag}={v}", [*base, f"--{flag.replace('_', '-')}", v])
+                     for v in values]
+    return runs
+
+
+def markdown_table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """Our dev scores and training minutes beside the paper's Table 1 (BERT-base) numbers.
+
+    >>> r = [("ce", {"best_dev": {"sst": 0.5, "qqp": 0.8, "sts": 0.8, "overall": 0.7},
+    ...              "train_minutes": 1.0})]
+    >>> print(markdown_table(r).splitlines()[2])
+    | ce | 0.500 | 0.800 | 0.800 | 0.700 | 1.0 | 0.453 | 0.889 | 0.881 | 0.761 |
+    """
+    lines = ["| run | SST acc | QQP acc | STS corr | overall | train min | paper SST | "
+             "paper QQP | paper STS | paper overall |", "|---" * 10 + "|"]
+    for name, m in results:
+        d = m["best_dev"]
+        ours = [f"{d[k]:.3f}" if k in d else "-" for k in ("sst", "qqp", "sts", "overall")]
+        paper = PAPER_TABLE1.get(name)
+        theirs = [f"{v:.3f}" for v in paper] if paper else ["-"] * 4
+        lines.append(f"| {name} | {' | '.join(ours)} | {m['train_minutes']:.1f} | "
+                     f"{' | '.join(theirs)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", choices=list(PRESETS), required=True,
+                   help="presets (rows of Table 1) to run")
+    p.add_argument("--budget-minutes", type=float, required=True,
+                   help="training minutes shared equally by all runs")
+    p.add_argument("--out", default="runs/compare", help="one sub-directory per run")
+    p.add_argument("--single-task", action="store_true",
+                   help="also train each task alone with every preset (section 5)")
+    p.add_argument("--sweep", action="append", default=[], metavar="FLAG=V1,V2",
+                   help="also run every preset with each value of a flag (Table 2), e.g. "
+                   "lr=1e-5,5e-5; repeatable")
+    args, rest = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sweeps = []
+    for item in args.sweep:
+        flag, _, values = item.partition("=")
+        if not flag or not values:
+            p.error(f"--sweep takes FLAG=V1,V2, got {item!r}")
+        sweeps.append((flag, values.split(",")))
+    runs = plan_runs(args.presets, args.single_task, sweeps)
+    minutes = args.budget_minutes / len(runs)
+    results: list[tuple[str, dict[str, Any]]] = []
+    for i, (name, extra) in enumerate(runs):
+        out = Path(args.out) / f"{i:02d}-{name.replace(' ', '_').replace('=', '-')}"
+        logger.info("run %d/%d: %s (%.1f training minutes) -> %s", i + 1, len(runs), name,
+                    minutes, out)
+        results.append((name, cli.main([*rest, *extra, "--out", str(out),
+                                        "--max-train-minutes", str(minutes)])))
+    table = markdown_table(results)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "table.md").write_text(table + "\n")
+    (Path(args.out) / "results.json").write_text(json.dumps(
+        {name: {"best_dev": m["best_dev"], "train_minutes": m["train_minutes"]}
+         for name, m in results}, indent=2))
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

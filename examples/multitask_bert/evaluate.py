@@ -1,0 +1,113 @@
+"""Metrics (accuracy, Pearson, the paper's Eq. 7) and batched prediction over a split."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .batching import make_loader
+from .data import TokenizedTask
+from .model import MultiTaskBert, predict
+
+
+def accuracy(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Fraction of positions where ``pred == gold``.
+
+    >>> accuracy([1, 2, 3, 4], [1, 2, 0, 4])
+    0.75
+    """
+    if len(pred) != len(gold):
+        raise ValueError(f"pred and gold differ in length: {len(pred)} vs {len(gold)}")
+    if not pred:
+        raise ValueError("accuracy of an empty sequence is undefined")
+    return sum(int(p == g) for p, g in zip(pred, gold, strict=True)) / len(pred)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation coefficient; 0.0 when either side is constant.
+
+    >>> round(pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]), 4)
+    0.9934
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if len(x) < 2:
+        raise ValueError("pearson needs at least 2 points")
+    n = len(x)
+    mx, my = math.fsum(x) / n, math.fsum(y) / n
+    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = math.fsum((a - mx) ** 2 for a in x)
+    syy = math.fsum((b - my) ** 2 for b in y)
+    if sxx == 0.0 or syy == 0.0:
+        return 0.0
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def overall_score(sst_acc: float, qqp_acc: float, sts_corr: float) -> float:
+    """The paper's Eq. (7): ``(SST acc + QQP acc + (STS Pearson + 1) / 2) / 3``.
+
+    >>> round(overall_score(0.450, 0.805, 0.374), 3)  # the paper's baseline row
+    0.647
+    """
+    return (sst_acc + qqp_acc + (sts_corr + 1.0) / 2.0) / 3.0
+
+
+@dataclass
+class Predictions:
+    """Per-row predictions of one split, in file order."""
+
+    task: str
+    ids: list[str]
+    pred: list[float]
+    confidence: list[float]
+    gold: list[float] | None
+
+    def metric(self) -> float:
+        """Accuracy (SST, QQP) or Pearson (STS) against the gold labels."""
+        if self.gold is None:
+            raise ValueError(f"{self.task}: no gold labels (a test split)")
+        if self.task == "sts":
+            return pearson(self.pred, self.gold)
+        return accuracy(self.pred, self.gold)
+
+
+@torch.no_grad()
+def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
+                  device: torch.device, bf16: bool = False) -> Predictions:
+    """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order)."""
+    was_training = model.training
+    model.eval()
+    n = len(ds)
+    pred: list[float] = [0.0] * n
+    conf: list[float] = [0.0] * n
+    try:
+        for batch in make_loader(ds, batch_size, shuffle=False):
+            idx = batch.pop("index").tolist()
+            batch.pop("labels", None)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+                   else contextlib.nullcontext())
+            with ctx:
+                out = model(ds.task, batch)
+            p, c = predict(ds.task, out)
+            for i, pi, ci in zip(idx, p.tolist(), c.tolist(), strict=True):
+                pred[i], conf[i] = pi, ci
+    finally:
+        model.train(was_training)
+    gold = None if ds.split.labels is None else [float(y) for y in ds.split.labels]
+    return Predictions(ds.task, list(ds.split.ids), pred, conf, gold)
+
+
+def dev_scores(preds: dict[str, Predictions]) -> dict[str, float]:
+    """Per-task dev metrics plus ``overall`` (Eq. 7; a missing task is left out of it)."""
+    scores = {task: p.metric() for task, p in preds.items()}
+    if all(t in scores for t in ("sst", "qqp", "sts")):
+        scores["overall"] = overall_score(scores["sst"], scores["qqp"], scores["sts"])
+    else:  # single-task runs: the mean of the normalised scores of the tasks trained
+        parts = [(v + 1) / 2 if t == "sts" else v for t, v in scores.items()]
+        scores["overall"] = sum(parts) / len(parts)
+    return scores

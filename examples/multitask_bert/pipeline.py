@@ -1,0 +1,158 @@
+"""One run of the pipeline from parsed flags: data, model, (contrastive stage), training,
+final predictions with the best checkpoint, and the reports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import FILES, TaskSplit, TokenCache, read_split, resolve_path, subsample
+from .evaluate import Predictions, dev_scores, predict_split
+from .model import MultiTaskBert, load_backbone
+from .primitives import build_lora_moe, contrastive_stage
+from .report import errors_markdown, qqp_rates, write_metrics, write_plots, write_predictions
+from .train import RunState, TrainConfig, Trainer, autocast_factory
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_splits(args: argparse.Namespace) -> tuple[dict[str, dict[str, TaskSplit]], list[str]]:
+    """``{split: {task: TaskSplit}}`` for train/dev/test; missing test files are listed."""
+    out: dict[str, dict[str, TaskSplit]] = {"train": {}, "dev": {}, "test": {}}
+    missing: list[str] = []
+    for task in args.tasks:
+        for split in ("train", "dev"):
+            out[split][task] = read_split(args.data_dir, task, split)
+        try:
+            out["test"][task] = read_split(args.data_dir, task, "test")
+        except FileNotFoundError as exc:
+            logger.warning("%s; no %s test predictions will be written", exc, task)
+            missing.extend(str(Path(args.data_dir) / n) for n in FILES[(task, "test")])
+        out["train"][task] = subsample(out["train"][task], args.max_train_per_task, args.seed)
+        out["dev"][task] = subsample(out["dev"][task], args.max_eval_per_task, args.seed)
+        if task in out["test"]:
+            out["test"][task] = subsample(out["test"][task], args.max_eval_per_task, args.seed)
+    return out, missing
+
+
+def build_model(args: argparse.Namespace) -> tuple[MultiTaskBert, Any]:
+    """The model for ``args.mixture`` (none / full / lora) and the tokenizer."""
+    encoder, tokenizer = load_backbone(args.model, args.encoder_dropout)
+    hidden = encoder.config.hidden_size
+    kw = {"encoding": args.encoding, "dropout": args.dropout, "pooling": args.pooling}
+    if args.mixture == "full":
+        encoders = {args.tasks[0]: encoder}
+        for task in args.tasks[1:]:
+            encoders[task] = load_backbone(args.model, args.encoder_dropout)[0]
+        return MultiTaskBert(None, hidden, task_encoders=encoders, **kw), tokenizer
+    if args.mixture == "lora":
+        moe = build_lora_moe(encoder, args.tasks, args.lora_r, args.lora_alpha)
+        return MultiTaskBert(moe, hidden, routed=True, **kw), tokenizer
+    return MultiTaskBert(encoder, hidden, **kw), tokenizer
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and report; returns what is written to ``OUT/metrics.json``."""
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:  # fail fast, before loading a model
+        for split in ("train", "dev"):
+            resolve_path(args.data_dir, task, split)
+    splits, missing = load_splits(args)
+    model, tokenizer = build_model(args)
+    model.to(device)
+    cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
+    t0 = time.perf_counter()
+    train_sets = {t: cache.get(splits["train"][t], _mode(args, t)) for t in args.tasks}
+    dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t)) for t in args.tasks}
+    logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in train_sets.items()},
+                time.perf_counter() - t0)
+    eval_bs = args.eval_batch_size or 4 * args.batch_size
+
+    def eval_fn(m: MultiTaskBert) -> dict[str, float]:
+        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16)
+                           for t, ds in dev_sets.items()})
+
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        steps_per_epoch=args.steps_per_epoch, lr_schedule=args.lr_schedule,
+        clip_norm=args.clip_norm, surgery=args.surgery, smart_weight=args.smart_weight,
+        loader=args.loader, bf16=args.bf16, seed=args.seed,
+        max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
+        max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)
+    trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState())
+    if args.resume and not trainer.load_last():
+        logger.warning("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
+    if args.contrastive and not trainer.state.extra.get("contrastive_done"):
+        t0 = time.perf_counter()
+        trainer.state.extra["contrastive_loss"] = contrastive_stage(
+            model, splits["train"], cache, unsup_steps=args.contrastive_unsup_steps,
+            sup_steps=args.contrastive_sup_steps, batch_size=args.contrastive_batch_size,
+            lr=args.contrastive_lr or args.lr, temperature=args.contrastive_temperature,
+            device=device, seed=args.seed, clip_norm=args.clip_norm,
+            autocast=autocast_factory(device, args.bf16))
+        trainer.state.extra["contrastive_done"] = True
+        trainer.state.extra["contrastive_seconds"] = round(time.perf_counter() - t0, 2)
+        trainer.state.train_seconds += time.perf_counter() - t0
+    state = trainer.run()
+
+    best = out / "checkpoints" / "best"
+    if best.exists():
+        model.load_state_dict(load_checkpoint(best)[0])
+    else:
+        logger.warning("no best checkpoint (no epoch finished); predicting with the last weights")
+    dev_preds: dict[str, Predictions] = {}
+    for t in args.tasks:
+        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16)
+        write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
+        if t in splits["test"]:
+            ds = cache.get(splits["test"][t], _mode(args, t))
+            write_predictions(out / "predictions" / f"{t}-test.csv",
+                              predict_split(model, ds, eval_bs, device, args.bf16))
+    final_dev = dev_scores(dev_preds)
+    plots = [] if args.no_plots else [str(p.relative_to(out)) for p in
+                                      write_plots(out / "plots", dev_preds)]
+    (out / "errors.md").write_text(errors_markdown(dev_preds, splits["dev"], args.errors_top_k))
+    metrics: dict[str, Any] = {
+        "preset": args.preset, "model": args.model, "device": str(device),
+        "best_dev": state.best_dev or final_dev, "best_epoch": state.best_epoch,
+        "final_dev_with_best_checkpoint": final_dev,
+        "history": state.history, "train_seconds": round(state.train_seconds, 2),
+        "train_minutes": round(state.train_seconds / 60, 2), "global_steps": state.global_step,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "qqp_dev_rates": (qqp_rates(dev_preds["qqp"].gold, dev_preds["qqp"].pred)
+                          if "qqp" in dev_preds and dev_preds["qqp"].gold else None),
+        "data": {f"{t}-{s}": {"rows": len(sp), "skipped": sp.skipped, "file": str(sp.path)}
+                 for s, d in splits.items() for t, sp in d.items()},
+        "missing_files": missing, "plots": plots, "extra": state.extra,
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    write_metrics(out / "metrics.json", metrics)
+    logger.info("best dev %s (epoch %d), %.1f training minutes; wrote %s",
+                {k: round(v, 4) for k, v in metrics["best_dev"].items()}, state.best_epoch,
+                state.train_seconds / 60, out)
+    return metrics
+
+
+def _mode(args: argparse.Namespace, task: str) -> str:
+    return "cross" if args.encoding == "cross" else "separate"
