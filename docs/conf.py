@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import mtlkit  # noqa: E402
+import mtlkit
 
 project = "mtlkit"
 author = "mtlkit developers"

@@ -1,8 +1,11 @@
 """mtlkit: multi-task optimization primitives for PyTorch.
 
-The public API is the names in ``__all__``; everything else is private.
+The public API is the names in ``__all__``; everything else is private. transformers and peft
+are imported only by the objects that need them (LoRAMoE, hf_smart_inputs).
 """
 
+from mtlkit._smart_hf import hf_smart_inputs
+from mtlkit.bregman import BregmanProximal
 from mtlkit.contrastive import (
     ContrastivePair,
     SimCSELoss,
@@ -11,29 +14,28 @@ from mtlkit.contrastive import (
     mine_pairs,
     unsupervised_pairs,
 )
+from mtlkit.loader import MultiTaskLoader
+from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
+from mtlkit.smart import SmartLoss
 from mtlkit.surgery import PCGrad, SurgeryStats, pcgrad_weights
 
 __all__ = [
+    "BregmanProximal",
     "ContrastivePair",
+    "LoRAMoE",
+    "LoRAMoEConfig",
+    "MultiTaskLoader",
     "PCGrad",
+    "ParameterCounts",
     "SimCSELoss",
+    "SmartLoss",
     "SurgeryStats",
     "group_ids",
+    "hf_smart_inputs",
     "info_nce",
     "mine_pairs",
     "pcgrad_weights",
     "unsupervised_pairs",
 ]
-from .loader import MultiTaskLoader
-
-__all__: list[str] = ["MultiTaskLoader"]
-from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
-
-__all__: list[str] = ["LoRAMoE", "LoRAMoEConfig", "ParameterCounts"]
-from mtlkit._smart_hf import hf_smart_inputs
-from mtlkit.bregman import BregmanProximal
-from mtlkit.smart import SmartLoss
-
-__all__: list[str] = ["BregmanProximal", "SmartLoss", "hf_smart_inputs"]
 
 __version__ = "0.1.0"
