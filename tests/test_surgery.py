@@ -521,3 +521,15 @@ def test_bad_input_gives_clear_errors():
     opt.combine()
     opt.step()
     assert math.isfinite(float(theta.detach().sum()))
+
+
+def test_wide_gramian_chunked_equals_the_plain_product():
+    from mtlkit._task_gradients import wide_gramian
+
+    torch.manual_seed(0)
+    block = torch.randn(3, 200_003)  # wide enough for the chunked path, with a ragged tail
+    expected = block.double() @ block.double().T
+    torch.testing.assert_close(wide_gramian(block).double(), expected, rtol=1e-5, atol=1e-2)
+    strided = torch.randn(3, 300_000)[:, 7:250_000]  # a column slice of the task-gradient rows
+    torch.testing.assert_close(wide_gramian(strided).double(),
+                               strided.double() @ strided.double().T, rtol=1e-5, atol=1e-2)

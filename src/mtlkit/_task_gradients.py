@@ -13,6 +13,29 @@ from collections.abc import Sequence
 import torch
 
 
+def wide_gramian(block: torch.Tensor, chunks: int = 64) -> torch.Tensor:
+    """``block @ block.T`` for a short, very wide T x n block, computed as a batch of chunks.
+
+    BLAS handles a 3 x 11M by 11M x 3 product poorly (one thread, one long accumulation); a
+    batched product over ``chunks`` column slices runs about twice as fast on two threads and
+    sums shorter partial products, which is also more accurate.
+
+    Example:
+        >>> import torch
+        >>> j = torch.randn(3, 1000)
+        >>> torch.allclose(wide_gramian(j), j @ j.T, rtol=1e-4, atol=1e-3)
+        True
+    """
+    width = block.shape[1]
+    size = width // chunks
+    if size < 1024:
+        return block @ block.T
+    head = block[:, : size * chunks].view(block.shape[0], chunks, size).transpose(0, 1)
+    out = torch.bmm(head, head.transpose(1, 2)).sum(0)
+    tail = block[:, size * chunks :]
+    return out.addmm_(tail, tail.T)
+
+
 class TaskGradientBuffer:
     """A T x P gradient matrix ``J`` over ``params`` plus the flat combined gradient.
 

@@ -29,7 +29,7 @@ import torch
 from torch.optim import Optimizer
 
 from mtlkit._autograd_graph import graphs_needing_retention
-from mtlkit._task_gradients import TaskGradientBuffer
+from mtlkit._task_gradients import TaskGradientBuffer, wide_gramian
 
 logger = logging.getLogger(__name__)
 
@@ -369,14 +369,13 @@ class PCGrad(Optimizer):
         shared_runs = buffer.runs(shared)
         other_runs = buffer.runs([not s for s in shared])
 
-        gramian = torch.zeros(num_tasks, num_tasks, dtype=rows.dtype, device=rows.device)
+        gram = torch.zeros(num_tasks, num_tasks, dtype=rows.dtype, device=rows.device)
         for a, b in shared_runs:
-            block = rows[:, a:b]
-            gramian.addmm_(block, block.T)
-        gramian = gramian.to("cpu", torch.float64)  # the one host sync of the step
-        finite = bool(torch.isfinite(gramian).all())
+            gram += wide_gramian(rows[:, a:b])
+        gramian_host = gram.to("cpu", torch.float64)  # the one host sync of the step
+        finite = bool(torch.isfinite(gramian_host).all())
         if finite:
-            weights = pcgrad_weights(gramian, self._generator)
+            weights = pcgrad_weights(gramian_host, self._generator)
             if self.reduction == "mean":
                 weights = weights / num_tasks
         else:  # leave the overflow in .grad for GradScaler to see and skip the step
@@ -401,7 +400,7 @@ class PCGrad(Optimizer):
         if self._explicit is None:
             self._auto_shared = {id(p) for p, s in zip(buffer.params, shared, strict=True) if s}
 
-        cosine, conflicts = _cosine_and_conflicts(gramian)
+        cosine, conflicts = _cosine_and_conflicts(gramian_host)
         stats = SurgeryStats(tuple(tasks), cosine, conflicts, weights.float(), finite)
         self.last_stats = stats
         if self.log_stats:
