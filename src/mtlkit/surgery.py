@@ -53,6 +53,7 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
 
     Example:
         >>> import torch
+        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
         >>> g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])      # conflicting gradients
         >>> w = pcgrad_weights(g @ g.T)
         >>> w @ g.double()                                  # sum of the projected gradients
@@ -97,6 +98,7 @@ class SurgeryStats:
 
     Example:
         >>> import torch
+        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
         >>> stats = SurgeryStats(("a", "b"), torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), 1,
         ...                      torch.tensor([1.2, 1.2]), True)
         >>> stats.num_conflicts
@@ -149,6 +151,7 @@ class PCGrad(Optimizer):
 
     Example:
         >>> import torch
+        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
         >>> torch.manual_seed(0)
         <torch._C.Generator object at ...>
         >>> body, head_a = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
@@ -227,6 +230,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
             >>> opt = PCGrad(torch.optim.SGD(a.parameters(), lr=0.1))
             >>> opt.add_param_group({"params": b.parameters(), "lr": 0.01})
@@ -241,6 +245,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
             >>> opt.zero_grad()
         """
@@ -252,6 +257,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> lin = torch.nn.Linear(2, 1)
             >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
             >>> _ = opt.backward([lin(torch.ones(1, 2)).sum()])
@@ -268,6 +274,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
             >>> sorted(opt.state_dict())
             ['param_groups', 'pcgrad', 'state']
@@ -281,6 +288,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
             >>> opt.load_state_dict(opt.state_dict())
         """
@@ -333,6 +341,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
             >>> opt = PCGrad(torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.1))
             >>> for task, x in {"a": torch.randn(4, 3), "b": torch.randn(4, 3)}.items():
@@ -349,6 +358,7 @@ class PCGrad(Optimizer):
 
         Example:
             >>> import torch
+            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
             >>> lin = torch.nn.Linear(2, 1)
             >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
             >>> opt.task_backward("only", lin(torch.ones(1, 2)).sum())
