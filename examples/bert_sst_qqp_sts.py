@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient surgery on the shared encoder with mtlkit.PCGrad")
     g.add_argument("--smart-weight", type=float, default=0.0,
                    help="weight of the SMART adversarial regulariser (mtlkit.SmartLoss); 0 = off")
+    g.add_argument("--smart-mode", choices=["projected", "normalized"], default="projected",
+                   help="projected: the paper's noise ball of radius 1e-5 (SmartLoss "
+                   "project=True); normalized: unit-norm noise, never projected, as smart-pytorch "
+                   "and mt-dnn do (project=False) (default: projected)")
     g.add_argument("--clip-norm", type=float, default=0.0,
                    help="clip the global gradient norm to this value; 0 = off (paper: 1.0)")
     g.add_argument("--contrastive", action="store_true",

@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """Run several presets under one shared training budget and print a Table-1-style table.
 
-Each run gets ``--budget-minutes / number of runs`` of training time (``--max-train-minutes``)
-and writes its own directory under ``--out``. Any flag this driver does not know is passed to
-every run (e.g. ``--max-train-per-task 2000 --threads 2``).
+Each run gets ``--budget-minutes / number of runs`` of training time (``--max-train-minutes``),
+or, with ``--budget-examples N``, the optimizer steps that show it about N training examples
+(``--max-steps``: N / batch size for a sequential schedule, N / (batch size x tasks) for an
+interleaved one). Equal examples make the rows comparable the way the paper's equal epochs do
+and do not depend on how busy the machine is. Each run writes its own directory under
+``--out``. Any flag this driver does not know is passed to every run (e.g.
+``--max-train-per-task 2000 --threads 2``).
 
 Examples::
 
@@ -56,6 +60,25 @@ def plan_runs(presets: list[str], single_task: bool,
     return runs
 
 
+def steps_for_examples(examples: int, argv: list[str]) -> int:
+    """Optimizer steps that show a run about ``examples`` training examples.
+
+    >>> steps_for_examples(4800, ["--preset", "ce-interleaved", "--batch-size", "16"])
+    100
+    >>> steps_for_examples(4800, ["--preset", "ce", "--tasks", "sst"])
+    300
+    """
+    args, _ = cli.build_parser().parse_known_args(argv)
+    schedule = args.schedule
+    if args.preset is not None:
+        schedule = PRESETS[args.preset].get("schedule", schedule)
+        schedule = args.schedule if "--schedule" in argv else schedule
+    per_step = args.batch_size
+    if schedule == "interleaved":
+        per_step *= len(args.tasks)
+    return max(1, round(examples / per_step))
+
+
 def markdown_table(results: list[tuple[str, dict[str, Any]]]) -> str:
     """Our dev scores and training minutes beside the paper's Table 1 (BERT-base) numbers.
 
@@ -80,8 +103,11 @@ def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), required=True,
                    help="presets (rows of Table 1) to run")
-    p.add_argument("--budget-minutes", type=float, required=True,
-                   help="training minutes shared equally by all runs")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-minutes", type=float,
+                        help="training minutes shared equally by all runs")
+    budget.add_argument("--budget-examples", type=int,
+                        help="training examples per run (sets each run's --max-steps)")
     p.add_argument("--out", default="runs/compare", help="one sub-directory per run")
     p.add_argument("--single-task", action="store_true",
                    help="also train each task alone with every preset (section 5)")
@@ -98,14 +124,21 @@ def main(argv: list[str] | None = None) -> str:
             p.error(f"--sweep takes FLAG=V1,V2, got {item!r}")
         sweeps.append((flag, values.split(",")))
     runs = plan_runs(args.presets, args.single_task, sweeps)
-    minutes = args.budget_minutes / len(runs)
+    if args.budget_examples is not None and args.budget_examples <= 0:
+        p.error(f"--budget-examples must be positive, got {args.budget_examples}")
     results: list[tuple[str, dict[str, Any]]] = []
     for i, (name, extra) in enumerate(runs):
         out = Path(args.out) / f"{i:02d}-{name.replace(' ', '_').replace('=', '-')}"
-        logger.info("run %d/%d: %s (%.1f training minutes) -> %s", i + 1, len(runs), name,
-                    minutes, out)
-        results.append((name, cli.main([*rest, *extra, "--out", str(out),
-                                        "--max-train-minutes", str(minutes)])))
+        if args.budget_minutes is not None:
+            minutes = args.budget_minutes / len(runs)
+            budget = ["--max-train-minutes", str(minutes)]
+            logger.info("run %d/%d: %s (%.1f training minutes) -> %s", i + 1, len(runs), name,
+                        minutes, out)
+        else:
+            steps = steps_for_examples(args.budget_examples, [*rest, *extra])
+            budget = ["--max-steps", str(steps)]
+            logger.info("run %d/%d: %s (%d steps) -> %s", i + 1, len(runs), name, steps, out)
+        results.append((name, cli.main([*rest, *extra, "--out", str(out), *budget])))
     table = markdown_table(results)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.md").write_text(table + "\n")

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         steps_per_epoch=args.steps_per_epoch, lr_schedule=args.lr_schedule,
         clip_norm=args.clip_norm, surgery=args.surgery, smart_weight=args.smart_weight,
+        smart_mode=args.smart_mode,
         loader=args.loader, bf16=args.bf16, seed=args.seed,
         max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)

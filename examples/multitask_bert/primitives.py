@@ -58,11 +58,13 @@ class SmartTerm:
     is the Bernoulli law ``sigmoid(z)``); STS's score as a ``(B, 1)`` regression output.
     """
 
-    def __init__(self, weight: float) -> None:
+    def __init__(self, weight: float, mode: str = "projected") -> None:
         smart_cls = require("SmartLoss", "--smart-weight")
         self.weight = weight
-        self.losses = {"classification": smart_cls(kind="classification"),
-                       "regression": smart_cls(kind="regression")}
+        # projected: the paper's epsilon ball (1e-5); normalized: unit-norm noise, no projection
+        project = mode == "projected"
+        self.losses = {"classification": smart_cls(kind="classification", project=project),
+                       "regression": smart_cls(kind="regression", project=project)}
 
     @staticmethod
     def _adapt(task: str, out: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class TrainConfig:
     clip_norm: float = 0.0
     surgery: bool = False
     smart_weight: float = 0.0
+    smart_mode: str = "projected"  # or "normalized" (smart-pytorch / mt-dnn behaviour)
     loader: str = "builtin"  # or "mtlkit"
     bf16: bool = False
     seed: int = 0
@@ -65,6 +66,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.smart_mode not in ("projected", "normalized"):
+            raise ValueError(f"smart_mode must be 'projected' or 'normalized', got "
+                             f"{self.smart_mode!r}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
             raise ValueError("lr must be > 0; clip_norm and smart_weight must be >= 0")
 
@@ -108,7 +112,7 @@ class Trainer:
                                           weight_decay=0.0)
         self.opt: Any = (wrap_surgery(self.base_opt, model, cfg.seed) if cfg.surgery
                          else self.base_opt)
-        self.smart = SmartTerm(cfg.smart_weight) if cfg.smart_weight > 0 else None
+        self.smart = SmartTerm(cfg.smart_weight, cfg.smart_mode) if cfg.smart_weight > 0 else None
         self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k))
                         for k, (t, ds) in enumerate(train_sets.items())}
         self.plan = self._epoch_plan()

@@ -290,3 +290,27 @@ def test_surgery_wiring_follows_the_contract(tiny_model_dir: Path, data_dir: Pat
     assert len(backwards) == 6 and all(c[1] == ["qqp", "sst", "sts"] for c in backwards)
     # the wrapped optimizer's state goes through the checkpoint and back (--resume)
     _run(tiny_model_dir, data_dir, tmp_path / "out", *flags, "--epochs", "2", "--resume")
+
+
+def test_compare_driver_equal_examples(tiny_model_dir: Path, data_dir: Path,
+                                       tmp_path: Path) -> None:
+    """--budget-examples gives a sequential run 3x the steps of an interleaved one."""
+    import compare_presets
+
+    compare_presets.main([
+        "--presets", "ce", "ce-interleaved", "--budget-examples", "48",
+        "--out", str(tmp_path / "cmp"), "--model", str(tiny_model_dir),
+        "--data-dir", str(data_dir), "--epochs", "3", "--batch-size", "8", "--no-progress",
+        "--log-every", "0", "--no-plots", "--threads", "1"])
+    for run, steps in (("00-ce", 6), ("01-ce-interleaved", 2)):
+        metrics = json.loads((tmp_path / "cmp" / run / "metrics.json").read_text())
+        assert metrics["config"]["max_steps"] == steps
+        assert metrics["history"][-1]["global_step"] == steps
+
+
+def test_smart_mode_reaches_smartloss() -> None:
+    from multitask_bert.primitives import SmartTerm
+
+    for mode, project in (("projected", True), ("normalized", False)):
+        term = SmartTerm(1.0, mode)
+        assert all(loss.project is project for loss in term.losses.values())
