@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +28,8 @@ import torch
 from torch.optim import Optimizer
 
 from mtlkit._autograd_graph import graphs_needing_retention
+from mtlkit._optimizer_wrapper import _WrappedOptimizer
+from mtlkit._surgery_sync import SurgerySync, Sync
 from mtlkit._task_gradients import TaskGradientBuffer, wide_gramian
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class SurgeryStats:
         weights: The combination weights ``w`` (combined gradient ``w^T J``), reduction applied.
         finite: False when a gradient was not finite; surgery was then skipped and the plain
             sum written, so that a ``GradScaler`` sees the overflow and skips the step.
+        comm_bytes: Bytes this rank sent into collectives in this combination (0 without a
+            process group or with ``sync="none"``); see :class:`PCGrad` for the volumes.
 
     Example:
         >>> import torch
@@ -110,6 +113,7 @@ class SurgeryStats:
     num_conflicts: int
     weights: torch.Tensor
     finite: bool
+    comm_bytes: int = 0
 
 
 def _cosine_and_conflicts(gramian: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -127,7 +131,7 @@ def _record_reach(owner: weakref.ref, param: torch.Tensor) -> None:
         pcgrad._reached_now.add(id(param))
 
 
-class PCGrad(Optimizer):
+class PCGrad(_WrappedOptimizer):
     """Wraps a torch optimizer and combines per-task gradients by gradient surgery.
 
     To its callers it is an optimizer (``param_groups``, ``state_dict``, LR schedulers,
@@ -145,6 +149,40 @@ class PCGrad(Optimizer):
         seed: Seed of the dedicated generator drawing the visiting orders (its state is part of
             :meth:`state_dict`); ``None`` seeds it nondeterministically.
         log_stats: Log each step's conflicts and cosines at INFO level.
+        sync: What happens across processes when a ``torch.distributed`` process group with more
+            than one rank is initialised (without one, nothing: no collective is ever issued).
+            ``"tasks"`` (default, the exact algorithm): the T x P per-task gradients are averaged
+            over ranks in one all-reduce before surgery, so every rank computes surgery on the
+            global-batch task gradients and writes the same global-batch gradient to every
+            ``.grad`` (task heads included: with explicit ``shared_params`` the heads' gradients
+            are averaged in one more flat all-reduce). Rank 0's combination weights are broadcast
+            (T numbers), so rank 0's generator draws the visiting orders for everyone: save
+            rank 0's :meth:`state_dict` and load it on every rank. ``"aggregate"``: surgery on
+            each rank's local gradients, then one all-reduce of the combined gradient (P numbers
+            instead of T x P; cheaper, but the mean of the ranks' surgeries is not the surgery of
+            the mean). ``"none"``: no communication, the caller synchronises.
+        process_group: The group to synchronise over (``None``: the default group).
+
+    Communication per step and rank (payload of the big collectives, ``s`` bytes per element,
+    P the buffer's parameters, H the heads outside it): ``"tasks"`` ``(T * P + H) * s``,
+    ``"aggregate"`` ``(P + H) * s``, plus three small collectives in ``"tasks"`` (two in
+    ``"aggregate"``): a signature all-gather that raises a clear error when the ranks
+    backpropagated different tasks, a one-byte-per-parameter-and-task MAX all-reduce that makes
+    the shared/unreached decisions identical, and the T-number weight broadcast.
+    :attr:`SurgeryStats.comm_bytes` reports what this rank sent in the step.
+
+    With ``DistributedDataParallel`` (initial weights broadcast, buffer sync), DDP must not
+    all-reduce as well: run the forward pass AND :meth:`backward` inside ``model.no_sync()``
+    (DDP prepares its reducer in the forward, so ``no_sync`` must cover the forward too)::
+
+        model = DistributedDataParallel(net)
+        opt = PCGrad(torch.optim.AdamW(model.parameters()), sync="tasks")
+        with model.no_sync():
+            losses = compute_task_losses(model, batch)   # the forward, under no_sync
+            opt.backward(losses)                         # PCGrad all-reduces
+        opt.step()
+
+    A plain (unwrapped) module works too, given the same initial weights on every rank.
 
     Departures from the paper's pseudo-code: surgery is restricted to shared parameters (heads are
     untouched), and the combination runs on the Gramian (the same numbers, computed once).
@@ -162,12 +200,14 @@ class PCGrad(Optimizer):
         >>> losses = {"a": head_a(body(x)).pow(2).mean(), "b": (head_b(body(x)) - 1).pow(2).mean()}
         >>> opt.zero_grad()
         >>> stats = opt.backward(losses)
-        >>> stats.tasks, stats.cosine.shape
-        (('a', 'b'), torch.Size([2, 2]))
+        >>> stats.tasks, stats.cosine.shape, stats.comm_bytes   # no process group: no traffic
+        (('a', 'b'), torch.Size([2, 2]), 0)
         >>> torch.nn.utils.clip_grad_norm_(params, 1.0)  # doctest: +ELLIPSIS
         tensor(...)
         >>> opt.step()
     """
+
+    _state_key = "pcgrad"
 
     def __init__(
         self,
@@ -176,6 +216,8 @@ class PCGrad(Optimizer):
         reduction: Reduction = "sum",
         seed: int | None = None,
         log_stats: bool = False,
+        sync: Sync = "tasks",
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, PCGrad):
             raise TypeError(
@@ -184,20 +226,11 @@ class PCGrad(Optimizer):
             )
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
-        self.optimizer = optimizer
+        self._sync = SurgerySync(sync, process_group)
+        super().__init__(optimizer)
         self.reduction: Reduction = reduction
+        self.sync: Sync = sync
         self.log_stats = log_stats
-        self.defaults = optimizer.defaults
-        for name in (
-            "step_pre",
-            "step_post",
-            "state_dict_pre",
-            "state_dict_post",
-            "load_state_dict_pre",
-            "load_state_dict_post",
-        ):
-            setattr(self, f"_optimizer_{name}_hooks", OrderedDict())
-        self._patch_step_function()
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()
@@ -213,90 +246,30 @@ class PCGrad(Optimizer):
         """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
         self._check_shared_in_groups()
 
-    # ----------------------------------------------------------------- optimizer surface
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
     def __repr__(self) -> str:
-        return f"PCGrad(reduction={self.reduction!r}, optimizer={self.optimizer!r})"
+        return (
+            f"PCGrad(reduction={self.reduction!r}, sync={self.sync!r}, "
+            f"optimizer={self.optimizer!r})"
+        )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group to the wrapped optimizer (see ``torch.optim.Optimizer``).
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-            >>> opt = PCGrad(torch.optim.SGD(a.parameters(), lr=0.1))
-            >>> opt.add_param_group({"params": b.parameters(), "lr": 0.01})
-            >>> len(opt.param_groups)
-            2
-        """
-        self.optimizer.add_param_group(param_group)
+    # ----------------------------------------------------------------- _WrappedOptimizer hooks
+    def _params_changed(self) -> None:
         self._buffer = None
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients, as the wrapped optimizer does, and drop any unfinished step.
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
-            >>> opt.zero_grad()
-        """
+    def _drop_pending(self) -> None:
         self._phase = None
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure=None):  # type: ignore[override]
-        """Apply the wrapped optimizer's update to the gradients :meth:`backward` left.
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> lin = torch.nn.Linear(2, 1)
-            >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
-            >>> _ = opt.backward([lin(torch.ones(1, 2)).sum()])
-            >>> opt.step()
-        """
+    def _check_ready(self) -> None:
         if self._phase is not None:
             raise RuntimeError(
                 "PCGrad.step(): call combine() after task_backward() and before step()"
             )
-        return self.optimizer.step(closure)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state plus PCGrad's generator state (``"pcgrad"`` key).
+    def _extra_state(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state(), "reduction": self.reduction}
 
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
-            >>> sorted(opt.state_dict())
-            ['param_groups', 'pcgrad', 'state']
-        """
-        state = self.optimizer.state_dict()
-        state["pcgrad"] = {"generator": self._generator.get_state(), "reduction": self.reduction}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (a plain optimizer state dict is accepted too).
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
-            >>> opt.load_state_dict(opt.state_dict())
-        """
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("pcgrad", None)
-        self.optimizer.load_state_dict(state_dict)
-        if extra is not None:
-            self._generator.set_state(extra["generator"])
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self._generator.set_state(extra["generator"])
 
     # ----------------------------------------------------------------- gradient surgery
     def backward(
@@ -306,7 +279,8 @@ class PCGrad(Optimizer):
     ) -> SurgeryStats:
         """Backpropagate each task's loss and write the surgery-combined gradient to ``.grad``.
 
-        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does.
+        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does (under
+        a process group, each call's contribution is the global one).
 
         Args:
             losses: One scalar loss per task, as a sequence or a mapping ``{task: loss}``.
@@ -318,7 +292,18 @@ class PCGrad(Optimizer):
             The :class:`SurgeryStats` of this combination (also in :attr:`last_stats`).
 
         Raises:
-            ValueError: A loss is not a finite scalar (the task is named).
+            ValueError: A loss is not a finite scalar (the task is named), or (with ``sync``
+                active) the ranks backpropagated different tasks.
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import PCGrad
+            >>> theta = torch.zeros(2, requires_grad=True)
+            >>> opt = PCGrad(torch.optim.SGD([theta], lr=1.0), seed=0)
+            >>> stats = opt.backward({"a": theta @ torch.tensor([1.0, 0.0]),
+            ...                       "b": theta @ torch.tensor([-1.0, 1.0])})
+            >>> theta.grad, stats.num_conflicts
+            (tensor([0.5000, 1.5000]), 1)
         """
         names, tensors = _as_named_losses(losses)
         if self._phase is not None:
@@ -356,6 +341,8 @@ class PCGrad(Optimizer):
     def combine(self) -> SurgeryStats:
         """Combine the gradients recorded by :meth:`task_backward` and write them to ``.grad``.
 
+        With ``sync`` active, this is where the ranks communicate (see the class docstring).
+
         Example:
             >>> import torch
             >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
@@ -372,7 +359,18 @@ class PCGrad(Optimizer):
         tasks: list[str] = phase["tasks"]
         num_tasks = len(tasks)
         rows = buffer.rows[:num_tasks]
-        reach = [sum(id(p) in r for r in phase["reached"]) for p in buffer.params]
+        reached = [[id(p) in r for p in buffer.params] for r in phase["reached"]]
+        had = list(phase["had_grad"])
+        sync = self._sync
+        sync.sent_bytes = 0
+        distributed = sync.world_size() > 1
+        heads: list[torch.Tensor] = []
+        if distributed:
+            reached, had, heads = self._agree(tasks, buffer, reached, had)
+            if sync.mode == "tasks":
+                sync.mean_(rows)  # every rank now holds the global-batch task gradients
+                sync.mean_grads_(heads)
+        reach = [sum(r[k] for r in reached) for k in range(len(buffer.params))]
         shared = (
             [True] * len(buffer.params) if self._explicit is not None else [n >= 2 for n in reach]
         )
@@ -390,6 +388,8 @@ class PCGrad(Optimizer):
                 weights = weights / num_tasks
         else:  # leave the overflow in .grad for GradScaler to see and skip the step
             weights = torch.ones(num_tasks, dtype=torch.float64)
+        if distributed and sync.mode == "tasks":
+            weights = sync.broadcast_weights(weights, rows.device)
         w = weights.to(rows.device, rows.dtype)
 
         accumulate = phase["accumulate"]
@@ -403,15 +403,21 @@ class PCGrad(Optimizer):
                 buffer.combined[a:b] += rows[:, a:b].sum(0)
             else:
                 torch.sum(rows[:, a:b], 0, out=buffer.combined[a:b])
+        if distributed and sync.mode == "aggregate":
+            # what was accumulated before is already equal on every rank: averaging keeps it
+            sync.mean_(buffer.combined)
+            sync.mean_grads_(heads)
         buffer.publish_combined()
-        for p, n, had in zip(buffer.params, reach, phase["had_grad"], strict=True):
-            if n == 0 and not had:
+        for p, n, had_grad in zip(buffer.params, reach, had, strict=True):
+            if n == 0 and not had_grad:
                 p.grad = None  # no task reached it: leave it as plain backward would
         if self._explicit is None:
             self._auto_shared = {id(p) for p, s in zip(buffer.params, shared, strict=True) if s}
 
         cosine, conflicts = _cosine_and_conflicts(gramian_host)
-        stats = SurgeryStats(tuple(tasks), cosine, conflicts, weights.float(), finite)
+        stats = SurgeryStats(
+            tuple(tasks), cosine, conflicts, weights.float(), finite, sync.sent_bytes
+        )
         self.last_stats = stats
         if self.log_stats:
             logger.info(
@@ -423,6 +429,38 @@ class PCGrad(Optimizer):
         return stats
 
     # ----------------------------------------------------------------- internals
+    def _agree(
+        self,
+        tasks: list[str],
+        buffer: TaskGradientBuffer,
+        reached: list[list[bool]],
+        had: list[bool],
+    ) -> tuple[list[list[bool]], list[bool], list[torch.Tensor]]:
+        """Check the ranks' tasks, then OR reach, had-gradient and head flags over ranks.
+
+        Returns the global reach and had-gradient flags and the heads (parameters outside the
+        buffer, explicit mode) that hold a gradient on some rank.
+        """
+        in_buffer = {id(p) for p in buffer.params}
+        heads = [
+            p
+            for p in _unique(q for g in self.param_groups for q in g["params"])
+            if p.requires_grad and id(p) not in in_buffer
+        ]
+        n = len(buffer.params)
+        local = [v for r in reached for v in r] + had + [p.grad is not None for p in heads]
+        layout = [buffer.numel, n, len(heads), sum(p.numel() for p in heads)]
+        flags = self._sync.agree(
+            tasks, layout, torch.tensor(local, dtype=torch.bool, device=buffer.rows.device)
+        ).tolist()
+        size = len(tasks) * n
+        reached = [flags[i : i + n] for i in range(0, size, n)]
+        return (
+            reached,
+            flags[size : size + n],
+            [p for p, f in zip(heads, flags[size + n :], strict=True) if f],
+        )
+
     def _task_backward(self, name: str, loss: torch.Tensor, retain_graph: bool) -> None:
         phase = self._begin_phase()
         if name in phase["tasks"]:
