@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from mtlkit._distributed import is_distributed
+from mtlkit._task_gradients import TaskGradientBuffer
 
 Sync = Literal["tasks", "aggregate", "none"]
 SYNC_MODES = ("tasks", "aggregate", "none")
@@ -118,6 +119,48 @@ class SurgerySync:
         self._count(packed)
         dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=self.group)
         return packed.bool()
+
+    def agree_step(
+        self,
+        tasks: list[str],
+        buffer: TaskGradientBuffer,
+        reached: list[list[bool]],
+        had: list[bool],
+        param_groups: list[dict],
+    ) -> tuple[list[list[bool]], list[bool], list[torch.Tensor]]:
+        """:meth:`agree` on one PCGrad step: OR the reach, had-gradient and head flags.
+
+        Args:
+            tasks: The step's task names, in order.
+            buffer: The step's task-gradient buffer.
+            reached: ``reached[t][k]``: task ``t`` reached ``buffer.params[k]`` on this rank.
+            had: Whether each buffer parameter held a gradient before the step.
+            param_groups: The optimizer's groups; their parameters outside the buffer that
+                require grad are the heads.
+
+        Returns:
+            The global ``reached`` and ``had`` flags, and the heads that hold a gradient on some
+            rank (the ones to average).
+        """
+        in_buffer = {id(p) for p in buffer.params}
+        seen: set[int] = set()
+        heads = []
+        for p in (q for g in param_groups for q in g["params"]):
+            if p.requires_grad and id(p) not in in_buffer and id(p) not in seen:
+                seen.add(id(p))
+                heads.append(p)
+        n = len(buffer.params)
+        local = [v for r in reached for v in r] + had + [p.grad is not None for p in heads]
+        layout = [buffer.numel, n, len(heads), sum(p.numel() for p in heads)]
+        flags = self.agree(
+            tasks, layout, torch.tensor(local, dtype=torch.bool, device=buffer.rows.device)
+        ).tolist()
+        size = len(tasks) * n
+        return (
+            [flags[i : i + n] for i in range(0, size, n)],
+            flags[size : size + n],
+            [p for p, f in zip(heads, flags[size + n :], strict=True) if f],
+        )
 
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average a contiguous tensor over ranks, in place."""

@@ -18,10 +18,8 @@ goes to the host.
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,6 +27,8 @@ from torch.optim import Optimizer
 
 from mtlkit._autograd_graph import graphs_needing_retention
 from mtlkit._optimizer_wrapper import _WrappedOptimizer
+from mtlkit._pcgrad_math import SurgeryStats, cosine_and_conflicts, pcgrad_weights
+from mtlkit._surgery_inputs import as_named_losses, check_finite, unique_params
 from mtlkit._surgery_sync import SurgerySync, Sync
 from mtlkit._task_gradients import TaskGradientBuffer, wide_gramian
 
@@ -36,93 +36,7 @@ logger = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"]
 _REDUCTIONS = ("sum", "mean")
-
-
-def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The weights ``w`` such that the sum of PCGrad's projected gradients is ``w^T J``.
-
-    Args:
-        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device; it is read once).
-        generator: The CPU generator that draws each task's visiting order (torch's default
-            generator when ``None``).
-
-    Returns:
-        A float64 CPU tensor of T weights (for ``reduction="sum"``).
-
-    A task whose gradient has zero norm is never projected on (its direction is undefined), so
-    no weight is ever NaN or infinite for a finite Gramian.
-
-    Example:
-        >>> import torch
-        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-        >>> g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])      # conflicting gradients
-        >>> w = pcgrad_weights(g @ g.T)
-        >>> w @ g.double()                                  # sum of the projected gradients
-        tensor([0.5000, 1.5000], dtype=torch.float64)
-    """
-    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-        raise ValueError(
-            f"gramian: expected a square T x T matrix, got shape {tuple(gramian.shape)}"
-        )
-    g = gramian.detach().to("cpu", torch.float64).tolist()
-    num_tasks = len(g)
-    total = [0.0] * num_tasks
-    for i in range(num_tasks):
-        coeffs = [0.0] * num_tasks
-        coeffs[i] = 1.0
-        others = [j for j in range(num_tasks) if j != i]
-        for k in torch.randperm(len(others), generator=generator).tolist():
-            j = others[k]
-            norm_sq = g[j][j]
-            if not norm_sq > 0.0:
-                continue
-            dot = math.fsum(coeffs[m] * g[m][j] for m in range(num_tasks))
-            if dot < 0.0:
-                coeffs[j] -= dot / norm_sq
-        for m in range(num_tasks):
-            total[m] += coeffs[m]
-    return torch.tensor(total, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class SurgeryStats:
-    """What one PCGrad combination saw: are the task gradients in conflict at all?
-
-    Attributes:
-        tasks: Task names, in the order of the rows and columns below.
-        cosine: T x T cosine similarities of the task gradients over the shared parameters
-            (0 where a gradient has zero norm).
-        num_conflicts: Number of task pairs whose gradients have a negative dot product.
-        weights: The combination weights ``w`` (combined gradient ``w^T J``), reduction applied.
-        finite: False when a gradient was not finite; surgery was then skipped and the plain
-            sum written, so that a ``GradScaler`` sees the overflow and skips the step.
-        comm_bytes: Bytes this rank sent into collectives in this combination (0 without a
-            process group or with ``sync="none"``); see :class:`PCGrad` for the volumes.
-
-    Example:
-        >>> import torch
-        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-        >>> stats = SurgeryStats(("a", "b"), torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), 1,
-        ...                      torch.tensor([1.2, 1.2]), True)
-        >>> stats.num_conflicts
-        1
-    """
-
-    tasks: tuple[str, ...]
-    cosine: torch.Tensor
-    num_conflicts: int
-    weights: torch.Tensor
-    finite: bool
-    comm_bytes: int = 0
-
-
-def _cosine_and_conflicts(gramian: torch.Tensor) -> tuple[torch.Tensor, int]:
-    norms = gramian.diagonal().clamp_min(0).sqrt()
-    outer = norms[:, None] * norms[None, :]
-    cosine = torch.where(outer > 0, gramian / outer.clamp_min(1e-300), torch.zeros_like(gramian))
-    upper = torch.triu(torch.ones_like(gramian, dtype=torch.bool), diagonal=1)
-    conflicts = int(((gramian < 0) & (outer > 0) & upper).sum())
-    return cosine.float(), conflicts
+__all__ = ["PCGrad", "SurgeryStats", "pcgrad_weights"]
 
 
 def _record_reach(owner: weakref.ref, param: torch.Tensor) -> None:
@@ -236,7 +150,7 @@ class PCGrad(_WrappedOptimizer):
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
-        self._explicit = None if shared_params is None else _unique(shared_params)
+        self._explicit = None if shared_params is None else unique_params(shared_params)
         self._hooked: dict[int, Any] = {}
         self._auto_shared: set[int] = set()
         self._buffer: TaskGradientBuffer | None = None
@@ -305,10 +219,10 @@ class PCGrad(_WrappedOptimizer):
             >>> theta.grad, stats.num_conflicts
             (tensor([0.5000, 1.5000]), 1)
         """
-        names, tensors = _as_named_losses(losses)
+        names, tensors = as_named_losses(losses)
         if self._phase is not None:
             raise RuntimeError("PCGrad.backward(): task_backward() calls are waiting for combine()")
-        _check_finite(names, tensors)
+        check_finite(names, tensors)
         retain = (
             graphs_needing_retention(tensors)
             if retain_graph is None
@@ -334,8 +248,8 @@ class PCGrad(_WrappedOptimizer):
             >>> opt.combine().tasks
             ('a', 'b')
         """
-        names, tensors = _as_named_losses({task: loss})
-        _check_finite(names, tensors)
+        names, tensors = as_named_losses({task: loss})
+        check_finite(names, tensors)
         self._task_backward(names[0], tensors[0], retain_graph)
 
     def combine(self) -> SurgeryStats:
@@ -366,7 +280,7 @@ class PCGrad(_WrappedOptimizer):
         distributed = sync.world_size() > 1
         heads: list[torch.Tensor] = []
         if distributed:
-            reached, had, heads = self._agree(tasks, buffer, reached, had)
+            reached, had, heads = sync.agree_step(tasks, buffer, reached, had, self.param_groups)
             if sync.mode == "tasks":
                 sync.mean_(rows)  # every rank now holds the global-batch task gradients
                 sync.mean_grads_(heads)
@@ -414,7 +328,7 @@ class PCGrad(_WrappedOptimizer):
         if self._explicit is None:
             self._auto_shared = {id(p) for p, s in zip(buffer.params, shared, strict=True) if s}
 
-        cosine, conflicts = _cosine_and_conflicts(gramian_host)
+        cosine, conflicts = cosine_and_conflicts(gramian_host)
         stats = SurgeryStats(
             tuple(tasks), cosine, conflicts, weights.float(), finite, sync.sent_bytes
         )
@@ -429,38 +343,6 @@ class PCGrad(_WrappedOptimizer):
         return stats
 
     # ----------------------------------------------------------------- internals
-    def _agree(
-        self,
-        tasks: list[str],
-        buffer: TaskGradientBuffer,
-        reached: list[list[bool]],
-        had: list[bool],
-    ) -> tuple[list[list[bool]], list[bool], list[torch.Tensor]]:
-        """Check the ranks' tasks, then OR reach, had-gradient and head flags over ranks.
-
-        Returns the global reach and had-gradient flags and the heads (parameters outside the
-        buffer, explicit mode) that hold a gradient on some rank.
-        """
-        in_buffer = {id(p) for p in buffer.params}
-        heads = [
-            p
-            for p in _unique(q for g in self.param_groups for q in g["params"])
-            if p.requires_grad and id(p) not in in_buffer
-        ]
-        n = len(buffer.params)
-        local = [v for r in reached for v in r] + had + [p.grad is not None for p in heads]
-        layout = [buffer.numel, n, len(heads), sum(p.numel() for p in heads)]
-        flags = self._sync.agree(
-            tasks, layout, torch.tensor(local, dtype=torch.bool, device=buffer.rows.device)
-        ).tolist()
-        size = len(tasks) * n
-        reached = [flags[i : i + n] for i in range(0, size, n)]
-        return (
-            reached,
-            flags[size : size + n],
-            [p for p, f in zip(heads, flags[size + n :], strict=True) if f],
-        )
-
     def _task_backward(self, name: str, loss: torch.Tensor, retain_graph: bool) -> None:
         phase = self._begin_phase()
         if name in phase["tasks"]:
@@ -496,7 +378,7 @@ class PCGrad(_WrappedOptimizer):
         if self._explicit is not None:
             params = self._explicit
         else:
-            group_params = _unique(
+            group_params = unique_params(
                 p for g in self.param_groups for p in g["params"] if p.requires_grad
             )
             # Shared parameters first: the Gramian is then one matrix product over one block.
@@ -527,46 +409,3 @@ class PCGrad(_WrappedOptimizer):
                 raise ValueError(
                     f"shared_params[{i}] (shape {tuple(p.shape)}) does not require grad"
                 )
-
-
-def _unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    seen: set[int] = set()
-    out = []
-    for p in params:
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(f"shared_params: expected tensors, got {type(p).__name__}")
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-def _as_named_losses(
-    losses: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-) -> tuple[list[str], list[torch.Tensor]]:
-    if isinstance(losses, Mapping):
-        names, tensors = [str(k) for k in losses], list(losses.values())
-    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
-        names, tensors = [str(i) for i in range(len(losses))], list(losses)
-    else:
-        raise TypeError(
-            "losses: expected a sequence or a mapping of scalar tensors, "
-            f"got {type(losses).__name__}"
-        )
-    if not tensors:
-        raise ValueError("losses: need at least one task loss")
-    for name, loss in zip(names, tensors, strict=True):
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"losses[{name!r}]: expected a tensor, got {type(loss).__name__}")
-        if loss.numel() != 1:
-            raise ValueError(
-                f"losses[{name!r}]: expected a scalar loss, got shape {tuple(loss.shape)}"
-            )
-    return names, tensors
-
-
-def _check_finite(names: list[str], tensors: list[torch.Tensor]) -> None:
-    values = torch.stack([t.detach().reshape(()).float() for t in tensors]).cpu()
-    for name, value in zip(names, values.tolist(), strict=True):
-        if not math.isfinite(value):
-            raise ValueError(f"losses[{name!r}]: the loss of task {name!r} is not finite ({value})")
