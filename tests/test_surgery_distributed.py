@@ -135,7 +135,8 @@ def train(case: str, rank: int, world: int) -> dict:
             comm.append(stats.comm_bytes)
         opt.step()
     return {"params": {n: p.detach().clone() for n, p in net.named_parameters()},
-            "conflicts": conflicts, "comm": comm}
+            "conflicts": conflicts, "comm": comm,
+            "generator": opt.state_dict()["pcgrad"]["generator"]}
 
 
 def aggregate_reference(case: str) -> dict:
@@ -214,6 +215,8 @@ def test_tasks_sync_equals_one_process_on_the_global_batch(rank_results, case):
     assert reference["conflicts"] > 0, "no conflict: the comparison would not test surgery"
     for result in rank_results:
         assert_params_close(result[case]["params"], reference["params"])
+    # rank 0's state_dict is the one to save: its generator drew the orders everybody used
+    assert torch.equal(rank_results[0][case]["generator"], reference["generator"])
     # the bonus parameter (reached only on rank 1) moved on rank 0 too
     assert not torch.equal(rank_results[0][case]["params"]["bonus"], Net().bonus.detach())
 
