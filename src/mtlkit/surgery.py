@@ -294,7 +294,7 @@ class PCGrad(_WrappedOptimizer):
         gram = torch.zeros(num_tasks, num_tasks, dtype=rows.dtype, device=rows.device)
         for a, b in shared_runs:
             gram += wide_gramian(rows[:, a:b])
-        gramian_host = gram.to("cpu", torch.float64)  # the one host sync of the step
+        gramian_host = gram.to("cpu", torch.float64)  # the one host sync (without sync)
         finite = bool(torch.isfinite(gramian_host).all())
         if finite:
             weights = pcgrad_weights(gramian_host, self._generator)
@@ -318,7 +318,7 @@ class PCGrad(_WrappedOptimizer):
             else:
                 torch.sum(rows[:, a:b], 0, out=buffer.combined[a:b])
         if distributed and sync.mode == "aggregate":
-            # what was accumulated before is already equal on every rank: averaging keeps it
+            # an earlier synced backward left equal values on every rank: averaging keeps them
             sync.mean_(buffer.combined)
             sync.mean_grads_(heads)
         buffer.publish_combined()
