@@ -18,107 +18,25 @@ goes to the host.
 from __future__ import annotations
 
 import logging
-import math
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
 
 from mtlkit._autograd_graph import graphs_needing_retention
+from mtlkit._optimizer_wrapper import _WrappedOptimizer
+from mtlkit._pcgrad_math import SurgeryStats, cosine_and_conflicts, pcgrad_weights
+from mtlkit._surgery_inputs import as_named_losses, check_finite, unique_params
+from mtlkit._surgery_sync import SurgerySync, Sync
 from mtlkit._task_gradients import TaskGradientBuffer, wide_gramian
 
 logger = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"]
 _REDUCTIONS = ("sum", "mean")
-
-
-def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The weights ``w`` such that the sum of PCGrad's projected gradients is ``w^T J``.
-
-    Args:
-        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device; it is read once).
-        generator: The CPU generator that draws each task's visiting order (torch's default
-            generator when ``None``).
-
-    Returns:
-        A float64 CPU tensor of T weights (for ``reduction="sum"``).
-
-    A task whose gradient has zero norm is never projected on (its direction is undefined), so
-    no weight is ever NaN or infinite for a finite Gramian.
-
-    Example:
-        >>> import torch
-        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-        >>> g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])      # conflicting gradients
-        >>> w = pcgrad_weights(g @ g.T)
-        >>> w @ g.double()                                  # sum of the projected gradients
-        tensor([0.5000, 1.5000], dtype=torch.float64)
-    """
-    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-        raise ValueError(
-            f"gramian: expected a square T x T matrix, got shape {tuple(gramian.shape)}"
-        )
-    g = gramian.detach().to("cpu", torch.float64).tolist()
-    num_tasks = len(g)
-    total = [0.0] * num_tasks
-    for i in range(num_tasks):
-        coeffs = [0.0] * num_tasks
-        coeffs[i] = 1.0
-        others = [j for j in range(num_tasks) if j != i]
-        for k in torch.randperm(len(others), generator=generator).tolist():
-            j = others[k]
-            norm_sq = g[j][j]
-            if not norm_sq > 0.0:
-                continue
-            dot = math.fsum(coeffs[m] * g[m][j] for m in range(num_tasks))
-            if dot < 0.0:
-                coeffs[j] -= dot / norm_sq
-        for m in range(num_tasks):
-            total[m] += coeffs[m]
-    return torch.tensor(total, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class SurgeryStats:
-    """What one PCGrad combination saw: are the task gradients in conflict at all?
-
-    Attributes:
-        tasks: Task names, in the order of the rows and columns below.
-        cosine: T x T cosine similarities of the task gradients over the shared parameters
-            (0 where a gradient has zero norm).
-        num_conflicts: Number of task pairs whose gradients have a negative dot product.
-        weights: The combination weights ``w`` (combined gradient ``w^T J``), reduction applied.
-        finite: False when a gradient was not finite; surgery was then skipped and the plain
-            sum written, so that a ``GradScaler`` sees the overflow and skips the step.
-
-    Example:
-        >>> import torch
-        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-        >>> stats = SurgeryStats(("a", "b"), torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), 1,
-        ...                      torch.tensor([1.2, 1.2]), True)
-        >>> stats.num_conflicts
-        1
-    """
-
-    tasks: tuple[str, ...]
-    cosine: torch.Tensor
-    num_conflicts: int
-    weights: torch.Tensor
-    finite: bool
-
-
-def _cosine_and_conflicts(gramian: torch.Tensor) -> tuple[torch.Tensor, int]:
-    norms = gramian.diagonal().clamp_min(0).sqrt()
-    outer = norms[:, None] * norms[None, :]
-    cosine = torch.where(outer > 0, gramian / outer.clamp_min(1e-300), torch.zeros_like(gramian))
-    upper = torch.triu(torch.ones_like(gramian, dtype=torch.bool), diagonal=1)
-    conflicts = int(((gramian < 0) & (outer > 0) & upper).sum())
-    return cosine.float(), conflicts
+__all__ = ["PCGrad", "SurgeryStats", "pcgrad_weights"]
 
 
 def _record_reach(owner: weakref.ref, param: torch.Tensor) -> None:
@@ -127,7 +45,7 @@ def _record_reach(owner: weakref.ref, param: torch.Tensor) -> None:
         pcgrad._reached_now.add(id(param))
 
 
-class PCGrad(Optimizer):
+class PCGrad(_WrappedOptimizer):
     """Wraps a torch optimizer and combines per-task gradients by gradient surgery.
 
     To its callers it is an optimizer (``param_groups``, ``state_dict``, LR schedulers,
@@ -145,6 +63,40 @@ class PCGrad(Optimizer):
         seed: Seed of the dedicated generator drawing the visiting orders (its state is part of
             :meth:`state_dict`); ``None`` seeds it nondeterministically.
         log_stats: Log each step's conflicts and cosines at INFO level.
+        sync: What happens across processes when a ``torch.distributed`` process group with more
+            than one rank is initialised (without one, nothing: no collective is ever issued).
+            ``"tasks"`` (default, the exact algorithm): the T x P per-task gradients are averaged
+            over ranks in one all-reduce before surgery, so every rank computes surgery on the
+            global-batch task gradients and writes the same global-batch gradient to every
+            ``.grad`` (task heads included: with explicit ``shared_params`` the heads' gradients
+            are averaged in one more flat all-reduce). Rank 0's combination weights are broadcast
+            (T numbers), so rank 0's generator draws the visiting orders for everyone: save
+            rank 0's :meth:`state_dict` and load it on every rank. ``"aggregate"``: surgery on
+            each rank's local gradients, then one all-reduce of the combined gradient (P numbers
+            instead of T x P; cheaper, but the mean of the ranks' surgeries is not the surgery of
+            the mean). ``"none"``: no communication, the caller synchronises.
+        process_group: The group to synchronise over (``None``: the default group).
+
+    Communication per step and rank (payload of the big collectives, ``s`` bytes per element,
+    P the buffer's parameters, H the heads outside it): ``"tasks"`` ``(T * P + H) * s``,
+    ``"aggregate"`` ``(P + H) * s``, plus three small collectives in ``"tasks"`` (two in
+    ``"aggregate"``): a signature all-gather that raises a clear error when the ranks
+    backpropagated different tasks, a one-byte-per-parameter-and-task MAX all-reduce that makes
+    the shared/unreached decisions identical, and the T-number weight broadcast.
+    :attr:`SurgeryStats.comm_bytes` reports what this rank sent in the step.
+
+    With ``DistributedDataParallel`` (initial weights broadcast, buffer sync), DDP must not
+    all-reduce as well: run the forward pass AND :meth:`backward` inside ``model.no_sync()``
+    (DDP prepares its reducer in the forward, so ``no_sync`` must cover the forward too)::
+
+        model = DistributedDataParallel(net)
+        opt = PCGrad(torch.optim.AdamW(model.parameters()), sync="tasks")
+        with model.no_sync():
+            losses = compute_task_losses(model, batch)   # the forward, under no_sync
+            opt.backward(losses)                         # PCGrad all-reduces
+        opt.step()
+
+    A plain (unwrapped) module works too, given the same initial weights on every rank.
 
     Departures from the paper's pseudo-code: surgery is restricted to shared parameters (heads are
     untouched), and the combination runs on the Gramian (the same numbers, computed once).
@@ -162,12 +114,14 @@ class PCGrad(Optimizer):
         >>> losses = {"a": head_a(body(x)).pow(2).mean(), "b": (head_b(body(x)) - 1).pow(2).mean()}
         >>> opt.zero_grad()
         >>> stats = opt.backward(losses)
-        >>> stats.tasks, stats.cosine.shape
-        (('a', 'b'), torch.Size([2, 2]))
+        >>> stats.tasks, stats.cosine.shape, stats.comm_bytes   # no process group: no traffic
+        (('a', 'b'), torch.Size([2, 2]), 0)
         >>> torch.nn.utils.clip_grad_norm_(params, 1.0)  # doctest: +ELLIPSIS
         tensor(...)
         >>> opt.step()
     """
+
+    _state_key = "pcgrad"
 
     def __init__(
         self,
@@ -176,6 +130,8 @@ class PCGrad(Optimizer):
         reduction: Reduction = "sum",
         seed: int | None = None,
         log_stats: bool = False,
+        sync: Sync = "tasks",
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, PCGrad):
             raise TypeError(
@@ -184,26 +140,17 @@ class PCGrad(Optimizer):
             )
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
-        self.optimizer = optimizer
+        self._sync = SurgerySync(sync, process_group)
+        super().__init__(optimizer)
         self.reduction: Reduction = reduction
+        self.sync: Sync = sync
         self.log_stats = log_stats
-        self.defaults = optimizer.defaults
-        for name in (
-            "step_pre",
-            "step_post",
-            "state_dict_pre",
-            "state_dict_post",
-            "load_state_dict_pre",
-            "load_state_dict_post",
-        ):
-            setattr(self, f"_optimizer_{name}_hooks", OrderedDict())
-        self._patch_step_function()
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
-        self._explicit = None if shared_params is None else _unique(shared_params)
+        self._explicit = None if shared_params is None else unique_params(shared_params)
         self._hooked: dict[int, Any] = {}
         self._auto_shared: set[int] = set()
         self._buffer: TaskGradientBuffer | None = None
@@ -213,90 +160,30 @@ class PCGrad(Optimizer):
         """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
         self._check_shared_in_groups()
 
-    # ----------------------------------------------------------------- optimizer surface
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
     def __repr__(self) -> str:
-        return f"PCGrad(reduction={self.reduction!r}, optimizer={self.optimizer!r})"
+        return (
+            f"PCGrad(reduction={self.reduction!r}, sync={self.sync!r}, "
+            f"optimizer={self.optimizer!r})"
+        )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group to the wrapped optimizer (see ``torch.optim.Optimizer``).
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-            >>> opt = PCGrad(torch.optim.SGD(a.parameters(), lr=0.1))
-            >>> opt.add_param_group({"params": b.parameters(), "lr": 0.01})
-            >>> len(opt.param_groups)
-            2
-        """
-        self.optimizer.add_param_group(param_group)
+    # ----------------------------------------------------------------- _WrappedOptimizer hooks
+    def _params_changed(self) -> None:
         self._buffer = None
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients, as the wrapped optimizer does, and drop any unfinished step.
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
-            >>> opt.zero_grad()
-        """
+    def _drop_pending(self) -> None:
         self._phase = None
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure=None):  # type: ignore[override]
-        """Apply the wrapped optimizer's update to the gradients :meth:`backward` left.
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> lin = torch.nn.Linear(2, 1)
-            >>> opt = PCGrad(torch.optim.SGD(lin.parameters(), lr=0.1))
-            >>> _ = opt.backward([lin(torch.ones(1, 2)).sum()])
-            >>> opt.step()
-        """
+    def _check_ready(self) -> None:
         if self._phase is not None:
             raise RuntimeError(
                 "PCGrad.step(): call combine() after task_backward() and before step()"
             )
-        return self.optimizer.step(closure)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state plus PCGrad's generator state (``"pcgrad"`` key).
+    def _extra_state(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state(), "reduction": self.reduction}
 
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
-            >>> sorted(opt.state_dict())
-            ['param_groups', 'pcgrad', 'state']
-        """
-        state = self.optimizer.state_dict()
-        state["pcgrad"] = {"generator": self._generator.get_state(), "reduction": self.reduction}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (a plain optimizer state dict is accepted too).
-
-        Example:
-            >>> import torch
-            >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-            >>> opt = PCGrad(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), seed=3)
-            >>> opt.load_state_dict(opt.state_dict())
-        """
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("pcgrad", None)
-        self.optimizer.load_state_dict(state_dict)
-        if extra is not None:
-            self._generator.set_state(extra["generator"])
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self._generator.set_state(extra["generator"])
 
     # ----------------------------------------------------------------- gradient surgery
     def backward(
@@ -306,7 +193,8 @@ class PCGrad(Optimizer):
     ) -> SurgeryStats:
         """Backpropagate each task's loss and write the surgery-combined gradient to ``.grad``.
 
-        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does.
+        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does (under
+        a process group, each call's contribution is the global one).
 
         Args:
             losses: One scalar loss per task, as a sequence or a mapping ``{task: loss}``.
@@ -318,12 +206,23 @@ class PCGrad(Optimizer):
             The :class:`SurgeryStats` of this combination (also in :attr:`last_stats`).
 
         Raises:
-            ValueError: A loss is not a finite scalar (the task is named).
+            ValueError: A loss is not a finite scalar (the task is named), or (with ``sync``
+                active) the ranks backpropagated different tasks.
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import PCGrad
+            >>> theta = torch.zeros(2, requires_grad=True)
+            >>> opt = PCGrad(torch.optim.SGD([theta], lr=1.0), seed=0)
+            >>> stats = opt.backward({"a": theta @ torch.tensor([1.0, 0.0]),
+            ...                       "b": theta @ torch.tensor([-1.0, 1.0])})
+            >>> theta.grad, stats.num_conflicts
+            (tensor([0.5000, 1.5000]), 1)
         """
-        names, tensors = _as_named_losses(losses)
+        names, tensors = as_named_losses(losses)
         if self._phase is not None:
             raise RuntimeError("PCGrad.backward(): task_backward() calls are waiting for combine()")
-        _check_finite(names, tensors)
+        check_finite(names, tensors)
         retain = (
             graphs_needing_retention(tensors)
             if retain_graph is None
@@ -349,12 +248,14 @@ class PCGrad(Optimizer):
             >>> opt.combine().tasks
             ('a', 'b')
         """
-        names, tensors = _as_named_losses({task: loss})
-        _check_finite(names, tensors)
+        names, tensors = as_named_losses({task: loss})
+        check_finite(names, tensors)
         self._task_backward(names[0], tensors[0], retain_graph)
 
     def combine(self) -> SurgeryStats:
         """Combine the gradients recorded by :meth:`task_backward` and write them to ``.grad``.
+
+        With ``sync`` active, this is where the ranks communicate (see the class docstring).
 
         Example:
             >>> import torch
@@ -372,7 +273,18 @@ class PCGrad(Optimizer):
         tasks: list[str] = phase["tasks"]
         num_tasks = len(tasks)
         rows = buffer.rows[:num_tasks]
-        reach = [sum(id(p) in r for r in phase["reached"]) for p in buffer.params]
+        reached = [[id(p) in r for p in buffer.params] for r in phase["reached"]]
+        had = list(phase["had_grad"])
+        sync = self._sync
+        sync.sent_bytes = 0
+        distributed = sync.world_size() > 1
+        heads: list[torch.Tensor] = []
+        if distributed:
+            reached, had, heads = sync.agree_step(tasks, buffer, reached, had, self.param_groups)
+            if sync.mode == "tasks":
+                sync.mean_(rows)  # every rank now holds the global-batch task gradients
+                sync.mean_grads_(heads)
+        reach = [sum(r[k] for r in reached) for k in range(len(buffer.params))]
         shared = (
             [True] * len(buffer.params) if self._explicit is not None else [n >= 2 for n in reach]
         )
@@ -382,7 +294,7 @@ class PCGrad(Optimizer):
         gram = torch.zeros(num_tasks, num_tasks, dtype=rows.dtype, device=rows.device)
         for a, b in shared_runs:
             gram += wide_gramian(rows[:, a:b])
-        gramian_host = gram.to("cpu", torch.float64)  # the one host sync of the step
+        gramian_host = gram.to("cpu", torch.float64)  # the one host sync (without sync)
         finite = bool(torch.isfinite(gramian_host).all())
         if finite:
             weights = pcgrad_weights(gramian_host, self._generator)
@@ -390,6 +302,8 @@ class PCGrad(Optimizer):
                 weights = weights / num_tasks
         else:  # leave the overflow in .grad for GradScaler to see and skip the step
             weights = torch.ones(num_tasks, dtype=torch.float64)
+        if distributed and sync.mode == "tasks":
+            weights = sync.broadcast_weights(weights, rows.device)
         w = weights.to(rows.device, rows.dtype)
 
         accumulate = phase["accumulate"]
@@ -403,15 +317,21 @@ class PCGrad(Optimizer):
                 buffer.combined[a:b] += rows[:, a:b].sum(0)
             else:
                 torch.sum(rows[:, a:b], 0, out=buffer.combined[a:b])
+        if distributed and sync.mode == "aggregate":
+            # an earlier synced backward left equal values on every rank: averaging keeps them
+            sync.mean_(buffer.combined)
+            sync.mean_grads_(heads)
         buffer.publish_combined()
-        for p, n, had in zip(buffer.params, reach, phase["had_grad"], strict=True):
-            if n == 0 and not had:
+        for p, n, had_grad in zip(buffer.params, reach, had, strict=True):
+            if n == 0 and not had_grad:
                 p.grad = None  # no task reached it: leave it as plain backward would
         if self._explicit is None:
             self._auto_shared = {id(p) for p, s in zip(buffer.params, shared, strict=True) if s}
 
-        cosine, conflicts = _cosine_and_conflicts(gramian_host)
-        stats = SurgeryStats(tuple(tasks), cosine, conflicts, weights.float(), finite)
+        cosine, conflicts = cosine_and_conflicts(gramian_host)
+        stats = SurgeryStats(
+            tuple(tasks), cosine, conflicts, weights.float(), finite, sync.sent_bytes
+        )
         self.last_stats = stats
         if self.log_stats:
             logger.info(
@@ -458,7 +378,7 @@ class PCGrad(Optimizer):
         if self._explicit is not None:
             params = self._explicit
         else:
-            group_params = _unique(
+            group_params = unique_params(
                 p for g in self.param_groups for p in g["params"] if p.requires_grad
             )
             # Shared parameters first: the Gramian is then one matrix product over one block.
@@ -489,46 +409,3 @@ class PCGrad(Optimizer):
                 raise ValueError(
                     f"shared_params[{i}] (shape {tuple(p.shape)}) does not require grad"
                 )
-
-
-def _unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    seen: set[int] = set()
-    out = []
-    for p in params:
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(f"shared_params: expected tensors, got {type(p).__name__}")
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-def _as_named_losses(
-    losses: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-) -> tuple[list[str], list[torch.Tensor]]:
-    if isinstance(losses, Mapping):
-        names, tensors = [str(k) for k in losses], list(losses.values())
-    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
-        names, tensors = [str(i) for i in range(len(losses))], list(losses)
-    else:
-        raise TypeError(
-            "losses: expected a sequence or a mapping of scalar tensors, "
-            f"got {type(losses).__name__}"
-        )
-    if not tensors:
-        raise ValueError("losses: need at least one task loss")
-    for name, loss in zip(names, tensors, strict=True):
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"losses[{name!r}]: expected a tensor, got {type(loss).__name__}")
-        if loss.numel() != 1:
-            raise ValueError(
-                f"losses[{name!r}]: expected a scalar loss, got shape {tuple(loss.shape)}"
-            )
-    return names, tensors
-
-
-def _check_finite(names: list[str], tensors: list[torch.Tensor]) -> None:
-    values = torch.stack([t.detach().reshape(()).float() for t in tensors]).cpu()
-    for name, value in zip(names, values.tolist(), strict=True):
-        if not math.isfinite(value):
-            raise ValueError(f"losses[{name!r}]: the loss of task {name!r} is not finite ({value})")
