@@ -94,7 +94,9 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rows: list[tuple[int, float, float]] = []
     try:
-        loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate)
+        # an own generator: evaluating never draws from the global RNG (exact --resume)
+        loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
+                            generator=torch.Generator())
         for batch in loader:
             idx = batch.pop("index").tolist()
             batch.pop("labels", None)

@@ -151,7 +151,8 @@ def distributed_task_loaders(train_sets: dict[str, TokenizedTask], batch_size: i
         sampler = DistributedSampler(ds, num_replicas=env.world, rank=env.rank, shuffle=True,
                                      seed=seed + k, drop_last=False)
         out[task] = DataLoader(ds, batch_sampler=BatchSampler(sampler, per_rank, False),
-                               collate_fn=ds.collate)
+                               collate_fn=ds.collate,
+                               generator=torch.Generator().manual_seed(seed + k))
     return out
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,64 +45,12 @@ from .primitives import (
     surgery_syncs_ranks,
     wrap_surgery,
 )
+from .rng import capture_rng, restore_rng
+from .train_config import RunState, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 EvalFn = Callable[[MultiTaskBert], dict[str, float]]
-
-
-@dataclass
-class TrainConfig:
-    """The knobs of :func:`train` (the CLI flags of the same names)."""
-
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 5e-5
-    schedule: str = "interleaved"  # or "sequential"
-    steps_per_epoch: int | None = None  # interleaved default: batches of the largest task
-    lr_schedule: str = "constant"  # or "linear" (decay to 0)
-    clip_norm: float = 0.0
-    surgery: bool = False
-    smart_weight: float = 0.0
-    loader: str = "builtin"  # or "mtlkit"
-    bf16: bool = False
-    seed: int = 0
-    max_train_seconds: float | None = None
-    max_steps: int | None = None
-    log_every: int = 50
-    progress: bool = True
-    checkpoint_every: int = 0  # also save the last checkpoint every N steps (0: per epoch)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("interleaved", "sequential"):
-            raise ValueError(f"schedule must be 'interleaved' or 'sequential', got "
-                             f"{self.schedule!r}")
-        if self.loader not in ("builtin", "mtlkit"):
-            raise ValueError(f"loader must be 'builtin' or 'mtlkit', got {self.loader!r}")
-        if self.lr_schedule not in ("constant", "linear"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'linear', got "
-                             f"{self.lr_schedule!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
-            raise ValueError("lr must be > 0; clip_norm and smart_weight must be >= 0")
-
-
-@dataclass
-class RunState:
-    """Progress kept in the last checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    train_seconds: float = 0.0
-    best_overall: float = float("-inf")
-    best_epoch: int = -1
-    best_dev: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    loss_ema: float | None = None  # the running train loss of the current epoch
 
 
 def autocast_factory(device: torch.device, bf16: bool) -> Callable[[], Any]:
@@ -224,9 +171,15 @@ class Trainer:
             if s.step_in_epoch == 0:
                 s.loss_ema = None
             stopped = False
-            for batches in self._step_batches():
+            batch_iter = self._step_batches()
+            while True:
+                # the budget is checked before the next batch is drawn, so a checkpoint
+                # written after stopping resumes with exactly that batch
                 if self.out_of_budget():
-                    stopped = True
+                    stopped = not self._epoch_exhausted(steps_this_epoch)
+                    break
+                batches = next(batch_iter, None)
+                if batches is None:
                     break
                 t0 = time.perf_counter()
                 losses = self.step(batches)
@@ -255,6 +208,15 @@ class Trainer:
                 break
         return s
 
+    def _epoch_exhausted(self, steps_this_epoch: int | None) -> bool:
+        n = steps_this_epoch
+        if n is None and self._mtl is not None:
+            try:
+                n = len(self._mtl)
+            except TypeError:  # a sequential MultiTaskLoader over unsized loaders
+                return False
+        return n is not None and self.state.step_in_epoch >= n
+
     def end_epoch(self, partial: bool, train_loss: float | None) -> None:
         s = self.state
         t0 = time.perf_counter()
@@ -279,15 +241,14 @@ class Trainer:
     # ------------------------------------------------------------------ resume
     def save_last(self) -> None:
         """Rank 0 writes the last checkpoint (every rank's RNG state gathered into it)."""
-        rngs = all_gather_objects(torch.get_rng_state(), self.env)
+        rng = capture_rng(self.env)  # a collective: before rank 0 alone goes on
         if not self.env.is_main:
             return
         state: dict[str, Any] = {
             "run": asdict(self.state), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "streams": {t: st.state_dict() for t, st in self.streams.items()},
-            "rng": {"torch": rngs[0], "python": random.getstate(),
-                    "torch_per_rank": rngs[1:]},  # ranks 1.. (rank 0's is "torch")
+            "rng": rng,
             "world_size": self.env.world}
         if self._mtl is not None:
             state["mtlkit_loader"] = self._mtl.state_dict()
@@ -310,13 +271,7 @@ class Trainer:
         for t, ss in st["streams"].items():
             if t in self.streams:
                 self.streams[t].load_state_dict(ss)
-        per_rank = [st["rng"]["torch"], *st["rng"].get("torch_per_rank", [])]
-        if len(per_rank) != self.env.world:
-            logger.warning("the checkpoint was written by %d process(es), this run has %d: "
-                           "dropout RNG streams differ from an uninterrupted run",
-                           len(per_rank), self.env.world)
-        torch.set_rng_state(per_rank[self.env.rank % len(per_rank)])
-        random.setstate(_tuples(st["rng"]["python"]))
+        restore_rng(st["rng"], self.env)
         self._mtl_state = st.get("mtlkit_loader")
         self.state = RunState(**st["run"])
         steps = all_gather_objects(self.state.global_step, self.env)
@@ -327,6 +282,3 @@ class Trainer:
                     self.state.epoch + 1, self.state.step_in_epoch, self.state.train_seconds)
         return True
 
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
