@@ -15,15 +15,22 @@ logger = logging.getLogger(__name__)
 
 
 def capture_rng(env: DistEnv) -> dict[str, Any]:
-    """``{"torch": rank 0's CPU RNG, "torch_per_rank": ranks 1.., "python": ...}`` (a
-    collective under torchrun: every rank must call it).
+    """``{"torch": rank 0's CPU RNG, "torch_per_rank": ranks 1.., "python": ...}``, plus
+    ``"cuda"`` / ``"cuda_per_rank"`` on a CUDA device (a collective under torchrun: every
+    rank must call it).
 
     >>> state = capture_rng(DistEnv())
     >>> sorted(state), state["torch_per_rank"]
     (['python', 'torch', 'torch_per_rank'], [])
     """
-    rngs = all_gather_objects(torch.get_rng_state(), env)
-    return {"torch": rngs[0], "torch_per_rank": rngs[1:], "python": random.getstate()}
+    cuda = env.device.type == "cuda"
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state(env.device) if cuda else None)
+    rngs = all_gather_objects(mine, env)
+    out = {"torch": rngs[0][0], "torch_per_rank": [r[0] for r in rngs[1:]],
+           "python": random.getstate()}
+    if cuda:
+        out.update(cuda=rngs[0][1], cuda_per_rank=[r[1] for r in rngs[1:]])
+    return out
 
 
 def restore_rng(state: dict[str, Any], env: DistEnv) -> None:
@@ -39,6 +46,9 @@ def restore_rng(state: dict[str, Any], env: DistEnv) -> None:
                        "dropout RNG streams differ from an uninterrupted run",
                        len(per_rank), env.world)
     torch.set_rng_state(per_rank[env.rank % len(per_rank)])
+    if "cuda" in state and env.device.type == "cuda":
+        cuda = [state["cuda"], *state.get("cuda_per_rank", [])]
+        torch.cuda.set_rng_state(cuda[env.rank % len(cuda)], env.device)
     random.setstate(_tuples(state["python"]))
 
 
