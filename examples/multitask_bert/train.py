@@ -236,6 +236,7 @@ class Trainer:
                             self.ckpt_dir / "best")
         if not partial:
             s.epoch, s.step_in_epoch = s.epoch + 1, 0
+            self._mtl = None  # the next epoch starts a fresh MultiTaskLoader
         self.save_last()
 
     # ------------------------------------------------------------------ resume

@@ -187,3 +187,20 @@ def test_stopped_mid_epoch_resumes_with_the_next_batch(loader: str, tiny_model_d
     b = load_checkpoint(last)[0]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_budget_ending_with_an_epoch_resumes_the_next_epoch(tiny_model_dir: Path,
+                                                             data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """--max-steps on an epoch boundary: the epoch counts as complete, and ``--loader
+    mtlkit`` resumes the next epoch with a fresh MultiTaskLoader (no stale loader state)."""
+    import mtlkit
+
+    if not hasattr(mtlkit, "MultiTaskLoader"):
+        pytest.skip("this mtlkit has no MultiTaskLoader")
+    flags = ["--loader", "mtlkit", "--epochs", "2"]
+    m = _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--max-steps", "6")
+    assert [h["partial"] for h in m["history"]] == [False]
+    assert "mtlkit_loader" not in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last")[1]
+    resumed = _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--resume")
+    assert resumed["global_steps"] == 12 and len(resumed["history"]) == 2
