@@ -12,7 +12,26 @@ Examples::
     python examples/bert_sst_qqp_sts.py --preset baseline --max-train-per-task 200 --epochs 1
 
 Outputs under ``--out``: metrics.json, predictions/{sst,qqp,sts}-{dev,test}.csv, plots/*.png,
-errors.md and checkpoints/{best,last} (safetensors + JSON).
+errors.md and checkpoints/{best,last} (safetensors + JSON; the one before each is kept as
+``*.previous``, and a corrupt or truncated checkpoint falls back to it with a warning).
+
+Several processes (``torchrun``; gloo on CPU, NCCL with one GPU per ``LOCAL_RANK``)::
+
+    torchrun --standalone --nproc_per_node=2 examples/bert_sst_qqp_sts.py \\
+        --preset ce-interleaved-clip --threads 1 --out runs/ddp
+
+``--batch-size`` stays the global batch per task: each rank trains on a disjoint share of
+every batch's rows and the gradients are averaged across ranks before clipping (PCGrad
+does it for ``--surgery``), so the hyper-parameters mean the same in one process and in
+several. Evaluation is sharded over the ranks and gathered; only rank 0 writes files;
+``--resume`` works the same (every rank reads the same checkpoint).
+
+Reproducibility (what makes a resumed run equal an uninterrupted one): the same ``--seed``,
+a fixed ``--threads`` (the thread count changes float summation order on CPU),
+``--deterministic`` (``torch.use_deterministic_algorithms``; on CUDA also
+``CUBLAS_WORKSPACE_CONFIG``), the builtin loader, and the same number of processes (each
+rank's dropout RNG is saved in the checkpoint). ``--checkpoint-every N`` bounds the work
+lost to a crash to N steps.
 """
 
 from __future__ import annotations
@@ -72,7 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default: runs/latest)")
     g.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last (model, optimizer, scheduler, "
-                   "loader positions, RNG)")
+                   "loader positions, RNG); a corrupt or truncated one falls back to "
+                   "last.previous with a warning")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also write OUT/checkpoints/last every N optimizer steps (default 0: "
+                   "only at the end of each epoch)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) (and a fixed cuBLAS "
+                   "workspace on CUDA); with a fixed --threads a resumed run then equals an "
+                   "uninterrupted one")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     g.add_argument("--threads", type=int, default=0,
                    help="torch.set_num_threads (default 0: leave torch's choice)")
@@ -87,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "another each epoch (the baseline) (default: interleaved)")
     g.add_argument("--loader", choices=["builtin", "mtlkit"], default="builtin",
                    help="batch schedule implementation: the pipeline's own one (resumes "
-                   "mid-epoch), or mtlkit.MultiTaskLoader (--resume restarts the "
-                   "interrupted epoch's batches) (default: builtin)")
+                   "mid-epoch), or mtlkit.MultiTaskLoader (resumes mid-epoch from its "
+                   "state_dict; under torchrun one DistributedSampler per task) "
+                   "(default: builtin)")
     g.add_argument("--surgery", action="store_true",
                    help="gradient surgery on the shared encoder with mtlkit.PCGrad")
     g.add_argument("--smart-weight", type=float, default=0.0,
@@ -198,13 +226,23 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("--contrastive pre-trains one shared encoder; use --mixture none")
     if args.smart_weight > 0 and args.encoding != "cross":
         parser.error("--smart-weight needs --encoding cross")
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.contrastive and args.contrastive_batch_size < world:
+        parser.error(f"--contrastive-batch-size {args.contrastive_batch_size} is smaller "
+                     f"than the {world} processes: each needs at least one row per batch")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags, run the pipeline, return the metrics written to OUT/metrics.json."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if rank:  # under torchrun the other ranks log warnings and errors only (unless -v)
+        level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s "
+                        + ("" if rank is None else f"[rank {rank}] ") + "%(name)s: %(message)s")
     from multitask_bert.pipeline import run
 
     return run(args)

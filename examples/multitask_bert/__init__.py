@@ -8,7 +8,12 @@
 - :mod:`multitask_bert.evaluate`: metrics (accuracy, Pearson, the paper's Eq. 7) and prediction.
 - :mod:`multitask_bert.report`: metrics.json, prediction CSVs, plots, errors.md.
 - :mod:`multitask_bert.presets`: the rows of the paper's Table 1 as sets of flags.
-- :mod:`multitask_bert.checkpoint`: atomic safetensors + JSON checkpoints.
+- :mod:`multitask_bert.checkpoint`: crash-safe safetensors + JSON checkpoints (fsync, manifest
+  with sizes and SHA-256, the previous checkpoint kept as a fall-back).
+- :mod:`multitask_bert.distributed`: torchrun: process group, sharded batches, averaged
+  gradients, gathered evaluation.
+- :mod:`multitask_bert.rng`: per-rank RNG state in checkpoints.
+- :mod:`multitask_bert.train_config`: the training loop's configuration and run state.
 - :mod:`multitask_bert.primitives`: the wiring of the mtlkit primitives (lazy imports).
 - :mod:`multitask_bert.pipeline`: one run from parsed flags.
 """

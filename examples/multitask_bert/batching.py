@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -56,11 +57,17 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return math.ceil(len(self.lengths) / self.batch_size) - self.start
 
 
-def make_loader(ds: TokenizedTask, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``ds`` with length-grouped batches and dynamic padding."""
+def make_loader(ds: TokenizedTask, batch_size: int, shuffle: bool, seed: int = 0,
+                collate: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
+                ) -> DataLoader:
+    """A DataLoader over ``ds`` with length-grouped batches and dynamic padding.
+
+    ``collate`` replaces ``ds.collate`` (under torchrun: a
+    :class:`~multitask_bert.distributed.ShardCollate` that keeps this rank's rows).
+    """
     sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, shuffle, seed)
     # an own generator: iterating never draws from the global RNG (exact --resume)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate,
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate or ds.collate,
                       generator=torch.Generator().manual_seed(seed))
 
 

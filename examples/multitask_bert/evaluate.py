@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 
-from .batching import make_loader
 from .data import TokenizedTask
+from .distributed import DistEnv, all_gather_objects
 from .model import MultiTaskBert, predict
 
 
@@ -77,15 +78,26 @@ class Predictions:
 
 @torch.no_grad()
 def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
-                  device: torch.device, bf16: bool = False) -> Predictions:
-    """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order)."""
+                  device: torch.device, bf16: bool = False,
+                  env: DistEnv | None = None) -> Predictions:
+    """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order).
+
+    Under torchrun (``env.world > 1``) each rank predicts every ``world``-th row of the
+    length-sorted order and the ranks' rows are all-gathered, so every rank returns the
+    predictions of every row, in file order.
+    """
+    env = env or DistEnv(device=device)
     was_training = model.training
     model.eval()
     n = len(ds)
-    pred: list[float] = [0.0] * n
-    conf: list[float] = [0.0] * n
+    order = sorted(range(n), key=lambda i: -ds.lengths[i])[env.rank::env.world]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rows: list[tuple[int, float, float]] = []
     try:
-        for batch in make_loader(ds, batch_size, shuffle=False):
+        # an own generator: evaluating never draws from the global RNG (exact --resume)
+        loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
+                            generator=torch.Generator())
+        for batch in loader:
             idx = batch.pop("index").tolist()
             batch.pop("labels", None)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -94,10 +106,18 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
             with ctx:
                 out = model(ds.task, batch)
             p, c = predict(ds.task, out)
-            for i, pi, ci in zip(idx, p.tolist(), c.tolist(), strict=True):
-                pred[i], conf[i] = pi, ci
+            rows.extend(zip(idx, p.tolist(), c.tolist(), strict=True))
     finally:
         model.train(was_training)
+    pred: list[float] = [0.0] * n
+    conf: list[float] = [0.0] * n
+    seen = 0
+    for part in all_gather_objects(rows, env):
+        for i, pi, ci in part:
+            pred[i], conf[i] = pi, ci
+        seen += len(part)
+    if seen != n:
+        raise RuntimeError(f"{ds.task}: gathered {seen} predictions for {n} rows")
     gold = None if ds.split.labels is None else [float(y) for y in ds.split.labels]
     return Predictions(ds.task, list(ds.split.ids), pred, conf, gold)
 

@@ -1,10 +1,16 @@
 """One run of the pipeline from parsed flags: data, model, (contrastive stage), training,
-final predictions with the best checkpoint, and the reports."""
+final predictions with the best checkpoint, and the reports.
+
+Under torchrun every rank runs this function; the process group is set up first and torn
+down at the end (also on error); only rank 0 writes files (checkpoints, metrics.json,
+predictions, plots, errors.md); evaluation is sharded over the ranks and all-gathered.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -12,8 +18,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_latest
 from .data import FILES, TaskSplit, TokenCache, read_split, resolve_path, subsample
+from .distributed import (
+    DistEnv,
+    broadcast_module,
+    broadcast_object,
+    parameters_agree,
+    setup,
+    teardown,
+)
 from .evaluate import Predictions, dev_scores, predict_split
 from .model import MultiTaskBert, load_backbone
 from .primitives import build_lora_moe, contrastive_stage
@@ -65,14 +79,40 @@ def build_model(args: argparse.Namespace) -> tuple[MultiTaskBert, Any]:
     return MultiTaskBert(encoder, hidden, **kw), tokenizer
 
 
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    """``--deterministic``: deterministic kernels (error where none exists); on CUDA also
+    cuBLAS's fixed workspace and no cuDNN autotuning. On CPU a run with a fixed
+    ``--threads`` is already reproducible bit for bit; this makes it explicit."""
+    if not enabled:
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and report; returns what is written to ``OUT/metrics.json``."""
+    """Train and report; returns what is written to ``OUT/metrics.json`` (on every rank).
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here and destroyed
+    when the run ends or fails.
+    """
+    device = resolve_device(args.device)
+    set_determinism(getattr(args, "deterministic", False), device)
+    env = setup(device)
+    try:
+        return _run(args, env)
+    finally:
+        teardown()
+
+
+def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = env.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:  # fail fast, before loading a model
@@ -81,6 +121,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits, missing = load_splits(args)
     model, tokenizer = build_model(args)
     model.to(device)
+    broadcast_module(model, env)  # every rank starts from rank 0's initial weights
+    if env.rank > 0:  # each rank its own dropout / SMART noise stream
+        torch.manual_seed(args.seed + 7919 * env.rank)
     cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
     t0 = time.perf_counter()
     train_sets = {t: cache.get(splits["train"][t], _mode(args, t)) for t in args.tasks}
@@ -90,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_bs = args.eval_batch_size or 4 * args.batch_size
 
     def eval_fn(m: MultiTaskBert) -> dict[str, float]:
-        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16)
+        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16, env)
                            for t, ds in dev_sets.items()})
 
     cfg = TrainConfig(
@@ -100,8 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         smart_mode=args.smart_mode,
         loader=args.loader, bf16=args.bf16, seed=args.seed,
         max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
-        max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)
-    trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState())
+        max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress,
+        checkpoint_every=getattr(args, "checkpoint_every", 0))
+    trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState(),
+                      env)
     if args.resume and not trainer.load_last():
         logger.warning("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
     if args.contrastive and not trainer.state.extra.get("contrastive_done"):
@@ -111,31 +156,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sup_steps=args.contrastive_sup_steps, batch_size=args.contrastive_batch_size,
             lr=args.contrastive_lr or args.lr, temperature=args.contrastive_temperature,
             device=device, seed=args.seed, clip_norm=args.clip_norm,
-            autocast=autocast_factory(device, args.bf16))
+            autocast=autocast_factory(device, args.bf16), env=env)
         trainer.state.extra["contrastive_done"] = True
         trainer.state.extra["contrastive_seconds"] = round(time.perf_counter() - t0, 2)
         trainer.state.train_seconds += time.perf_counter() - t0
     state = trainer.run()
+    if not parameters_agree(model, env):
+        raise RuntimeError("the ranks' parameters differ after training (a gradient was not "
+                           "reduced across ranks)")
 
     best = out / "checkpoints" / "best"
-    if best.exists():
-        model.load_state_dict(load_checkpoint(best)[0])
+    if broadcast_object(best.exists() or best.with_name("best.previous").exists(), env):
+        if env.is_main:
+            model.load_state_dict(load_latest(best)[0])
+        broadcast_module(model, env)
     else:
         logger.warning("no best checkpoint (no epoch finished); predicting with the last weights")
     dev_preds: dict[str, Predictions] = {}
+    main = env.is_main
     for t in args.tasks:
-        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16)
-        write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
+        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16, env)
+        if main:
+            write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
         if t in splits["test"]:
             ds = cache.get(splits["test"][t], _mode(args, t))
-            write_predictions(out / "predictions" / f"{t}-test.csv",
-                              predict_split(model, ds, eval_bs, device, args.bf16))
+            test_preds = predict_split(model, ds, eval_bs, device, args.bf16, env)
+            if main:
+                write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
     final_dev = dev_scores(dev_preds)
-    plots = [] if args.no_plots else [str(p.relative_to(out)) for p in
-                                      write_plots(out / "plots", dev_preds)]
-    (out / "errors.md").write_text(errors_markdown(dev_preds, splits["dev"], args.errors_top_k))
+    plots = [] if args.no_plots or not main else [str(p.relative_to(out)) for p in
+                                                  write_plots(out / "plots", dev_preds)]
+    if main:
+        (out / "errors.md").write_text(errors_markdown(dev_preds, splits["dev"],
+                                                       args.errors_top_k))
     metrics: dict[str, Any] = {
         "preset": args.preset, "model": args.model, "device": str(device),
+        "world_size": env.world,
         "best_dev": state.best_dev or final_dev, "best_epoch": state.best_epoch,
         "final_dev_with_best_checkpoint": final_dev,
         "history": state.history, "train_seconds": round(state.train_seconds, 2),
@@ -148,7 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "missing_files": missing, "plots": plots, "extra": state.extra,
         "config": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    write_metrics(out / "metrics.json", metrics)
+    if main:
+        write_metrics(out / "metrics.json", metrics)
     logger.info("best dev %s (epoch %d), %.1f training minutes; wrote %s",
                 {k: round(v, 4) for k, v in metrics["best_dev"].items()}, state.best_epoch,
                 state.train_seconds / 60, out)

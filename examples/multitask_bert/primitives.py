@@ -7,15 +7,19 @@ without it and presets that do fail early with ``preset needs mtlkit.X``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from .batching import make_loader
-from .data import TaskSplit, TokenCache, mine_positive_pairs
+from .data import TaskSplit, TokenCache, TokenizedTask, mine_positive_pairs
+from .distributed import DistEnv, ShardCollate, average_gradients
 from .model import MultiTaskBert
 
 logger = logging.getLogger(__name__)
@@ -39,13 +43,39 @@ def require(name: str, why: str) -> Any:
 # ----------------------------------------------------------------------------- PCGrad
 
 
+def _takes_sync(pcgrad_cls: Any) -> bool:
+    try:
+        return "sync" in inspect.signature(pcgrad_cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def wrap_surgery(optimizer: torch.optim.Optimizer, model: MultiTaskBert, seed: int) -> Any:
-    """``PCGrad(optimizer, shared_params=encoder params, reduction="sum", seed=seed)``."""
+    """``PCGrad(optimizer, shared_params=encoder params, reduction="sum", seed=seed)``.
+
+    Where PCGrad takes ``sync``, ``sync="tasks"`` is passed: under a process group it
+    all-reduces the per-task gradients before surgery (the same algorithm as one process on
+    the global batch).
+    """
     pcgrad = require("PCGrad", "--surgery")
     shared = model.shared_parameters()
     if not shared:
         raise ValueError("--surgery needs a shared encoder (not --mixture full)")
-    return pcgrad(optimizer, shared_params=shared, reduction="sum", seed=seed)
+    kwargs = {"sync": "tasks"} if _takes_sync(pcgrad) else {}
+    return pcgrad(optimizer, shared_params=shared, reduction="sum", seed=seed, **kwargs)
+
+
+def surgery_syncs_ranks(opt: Any) -> bool:
+    """Whether ``opt`` (a PCGrad) all-reduces gradients across ranks itself.
+
+    An older PCGrad without ``sync`` does not: the trainer then averages the combined
+    gradient (surgery on each rank's local gradients, PCGrad's ``sync="aggregate"``).
+    """
+    if not _takes_sync(type(opt)):
+        logger.warning("this mtlkit.PCGrad has no sync argument: under torchrun the "
+                       "surgery runs on each rank's local gradients, then they are averaged")
+        return False
+    return getattr(opt, "sync", "tasks") not in (None, "none", False)
 
 
 # ----------------------------------------------------------------------------- SMART
@@ -109,6 +139,25 @@ def mtlkit_loader(loaders: dict[str, Any], mode: str, seed: int) -> Any:
     return loader_cls(loaders, mode=mode, seed=seed)
 
 
+def distributed_task_loaders(train_sets: dict[str, TokenizedTask], batch_size: int, seed: int,
+                             env: DistEnv) -> dict[str, DataLoader]:
+    """Per-task DataLoaders over a ``DistributedSampler`` each (``--loader mtlkit`` under
+    torchrun): disjoint rows per rank, ``ceil(batch_size / world)`` rows per rank and step,
+    the same number of batches on every rank. MultiTaskLoader calls their ``set_epoch``."""
+    per_rank = math.ceil(batch_size / env.world)
+    if per_rank * env.world != batch_size:
+        logger.warning("--batch-size %d is not a multiple of the world size %d: the global "
+                       "batch per task is %d", batch_size, env.world, per_rank * env.world)
+    out = {}
+    for k, (task, ds) in enumerate(train_sets.items()):
+        sampler = DistributedSampler(ds, num_replicas=env.world, rank=env.rank, shuffle=True,
+                                     seed=seed + k, drop_last=False)
+        out[task] = DataLoader(ds, batch_sampler=BatchSampler(sampler, per_rank, False),
+                               collate_fn=ds.collate,
+                               generator=torch.Generator().manual_seed(seed + k))
+    return out
+
+
 def iterate_mtlkit(loader: Any) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
     """Normalise MultiTaskLoader's items to ``{task: batch}`` (interleaved yields a dict;
     the other modes yield ``(task, batch)``)."""
@@ -127,14 +176,21 @@ def contrastive_stage(model: MultiTaskBert, splits: dict[str, TaskSplit], cache:
                       *, unsup_steps: int, sup_steps: int, batch_size: int, lr: float,
                       temperature: float, device: torch.device, seed: int,
                       clip_norm: float = 0.0,
-                      autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+                      autocast: Callable[[], Any] | None = None,
+                      env: DistEnv | None = None) -> dict[str, float]:
     """SimCSE pre-training of the shared encoder, before fine-tuning (the paper's section 4).
 
     Unsupervised: every training sentence of the tasks given, two dropout passes as the positive
     pair (``SimCSELoss(z1, z2)``). Supervised: positive pairs mined from QQP duplicates and STS
     pairs scored >= 4. In-batch negatives in both. Returns the last loss of each stage.
+
+    Under torchrun each rank embeds an equal share of every batch (the last ``B % world``
+    rows are dropped), ``SimCSELoss(gather_across_ranks=True)`` contrasts against the
+    global batch, and the gradients are averaged across ranks.
     """
-    simcse = require("SimCSELoss", "--contrastive")(temperature=temperature)
+    env = env or DistEnv(device=device)
+    simcse = require("SimCSELoss", "--contrastive")(
+        temperature=temperature, **({"gather_across_ranks": True} if env.distributed else {}))
     if model.task_encoders is not None or model.routed:
         raise ValueError("--contrastive needs one shared encoder (not --mixture)")
     params = [p for p in model.encoder_for("sst").parameters() if p.requires_grad]
@@ -155,11 +211,16 @@ def contrastive_stage(model: MultiTaskBert, splits: dict[str, TaskSplit], cache:
     model.train()
     for name, split, steps in stages:
         ds = cache.get(split, "separate")
-        loader = make_loader(ds, batch_size, shuffle=True, seed=seed)
+        loader = make_loader(ds, batch_size, shuffle=True, seed=seed,
+                             collate=ShardCollate(ds.collate, env, equal=True)
+                             if env.distributed else None)
         done, epoch = 0, 0
         while done < steps:
             loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
             for batch in loader:
+                if int(batch.pop("rows_here", 1)) == 0:  # fewer rows than ranks: skip
+                    continue                           # (the same on every rank)
+                batch.pop("rows_global", None)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
                 with ctx:
@@ -168,6 +229,7 @@ def contrastive_stage(model: MultiTaskBert, splits: dict[str, TaskSplit], cache:
                 loss = simcse(z1.float(), z2.float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params, env)  # no-op in one process
                 if clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 opt.step()

@@ -5,16 +5,20 @@ One step draws one batch of each task in the step's plan (interleaved: every tas
 one task at a time, each dataset in turn, as in the paper's baseline), sums the task losses
 (plus the optional SMART terms), backpropagates (plainly or through PCGrad), optionally clips
 the gradient norm, and steps AdamW (betas (0.9, 0.99), weight decay 0, as in the paper).
+
+Under torchrun (see :mod:`multitask_bert.distributed`) every rank runs the same plan on its
+shard of each batch; the gradients are averaged across ranks before clipping (by PCGrad
+itself with ``--surgery``); only rank 0 writes checkpoints. ``checkpoint_every`` also saves
+the last checkpoint every N steps, so a killed run resumes close to where it died.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,70 +26,31 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import TaskStream, make_loader
-from .checkpoint import load_checkpoint, optimizer_state_from_json, save_checkpoint
+from .checkpoint import load_latest, optimizer_state_from_json, save_checkpoint
 from .data import TokenizedTask
+from .distributed import (
+    DistEnv,
+    ShardCollate,
+    all_gather_objects,
+    any_rank,
+    average_gradients,
+    pop_loss_scale,
+)
 from .model import MultiTaskBert, task_loss
-from .primitives import SmartTerm, iterate_mtlkit, mtlkit_loader, wrap_surgery
+from .primitives import (
+    SmartTerm,
+    distributed_task_loaders,
+    iterate_mtlkit,
+    mtlkit_loader,
+    surgery_syncs_ranks,
+    wrap_surgery,
+)
+from .rng import capture_rng, restore_rng
+from .train_config import RunState, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 EvalFn = Callable[[MultiTaskBert], dict[str, float]]
-
-
-@dataclass
-class TrainConfig:
-    """The knobs of :func:`train` (the CLI flags of the same names)."""
-
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 5e-5
-    schedule: str = "interleaved"  # or "sequential"
-    steps_per_epoch: int | None = None  # interleaved default: batches of the largest task
-    lr_schedule: str = "constant"  # or "linear" (decay to 0)
-    clip_norm: float = 0.0
-    surgery: bool = False
-    smart_weight: float = 0.0
-    smart_mode: str = "projected"  # or "normalized" (smart-pytorch / mt-dnn behaviour)
-    loader: str = "builtin"  # or "mtlkit"
-    bf16: bool = False
-    seed: int = 0
-    max_train_seconds: float | None = None
-    max_steps: int | None = None
-    log_every: int = 50
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("interleaved", "sequential"):
-            raise ValueError(f"schedule must be 'interleaved' or 'sequential', got "
-                             f"{self.schedule!r}")
-        if self.loader not in ("builtin", "mtlkit"):
-            raise ValueError(f"loader must be 'builtin' or 'mtlkit', got {self.loader!r}")
-        if self.lr_schedule not in ("constant", "linear"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'linear', got "
-                             f"{self.lr_schedule!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.smart_mode not in ("projected", "normalized"):
-            raise ValueError(f"smart_mode must be 'projected' or 'normalized', got "
-                             f"{self.smart_mode!r}")
-        if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
-            raise ValueError("lr must be > 0; clip_norm and smart_weight must be >= 0")
-
-
-@dataclass
-class RunState:
-    """Progress kept in the last checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    train_seconds: float = 0.0
-    best_overall: float = float("-inf")
-    best_epoch: int = -1
-    best_dev: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def autocast_factory(device: torch.device, bf16: bool) -> Callable[[], Any]:
@@ -100,9 +65,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, model: MultiTaskBert,
                  train_sets: dict[str, TokenizedTask], eval_fn: EvalFn, device: torch.device,
-                 ckpt_dir: Path, state: RunState | None = None) -> None:
+                 ckpt_dir: Path, state: RunState | None = None,
+                 env: DistEnv | None = None) -> None:
         self.cfg, self.model, self.train_sets, self.eval_fn = cfg, model, train_sets, eval_fn
         self.device, self.ckpt_dir = device, ckpt_dir
+        self.env = env or DistEnv(device=device)
         self.tasks = list(train_sets)
         self.state = state or RunState()
         self.autocast = autocast_factory(device, cfg.bf16)
@@ -112,9 +79,18 @@ class Trainer:
                                           weight_decay=0.0)
         self.opt: Any = (wrap_surgery(self.base_opt, model, cfg.seed) if cfg.surgery
                          else self.base_opt)
+        # With --surgery, PCGrad(sync="tasks") all-reduces the per-task gradients itself:
+        # averaging them again here would be a second, wrong reduction.
+        self.reduce_grads = not (cfg.surgery and self.env.distributed
+                                 and surgery_syncs_ranks(self.opt))
         self.smart = SmartTerm(cfg.smart_weight, cfg.smart_mode) if cfg.smart_weight > 0 else None
-        self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k))
+        shard = self.env.distributed
+        self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k,
+                                                  ShardCollate(ds.collate, self.env)
+                                                  if shard else None))
                         for k, (t, ds) in enumerate(train_sets.items())}
+        self._mtl: Any = None
+        self._mtl_state: dict[str, Any] | None = None
         self.plan = self._epoch_plan()
         total = max(1, cfg.epochs * len(self.plan))
         lam = (lambda s: 1.0) if cfg.lr_schedule == "constant" else (
@@ -130,12 +106,20 @@ class Trainer:
 
     def _step_batches(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
         if self.cfg.loader == "mtlkit":
-            loaders = {t: s.loader for t, s in self.streams.items()}
+            if self.env.distributed:  # a DistributedSampler per task
+                loaders = distributed_task_loaders(self.train_sets, self.cfg.batch_size,
+                                                   self.cfg.seed, self.env)
+            else:
+                loaders = {t: s.loader for t, s in self.streams.items()}
             mode = "interleaved" if self.cfg.schedule == "interleaved" else "sequential"
-            for s in self.streams.values():
-                s.sampler.set_epoch(self.state.epoch)
-            mtl = mtlkit_loader(loaders, mode, self.cfg.seed + self.state.epoch)
-            yield from iterate_mtlkit(mtl)
+            self._mtl = mtlkit_loader(loaders, mode, self.cfg.seed + self.state.epoch)
+            if self._mtl_state is not None:  # resume mid-epoch
+                self._mtl.load_state_dict(self._mtl_state)
+                self._mtl_state = None
+            else:  # reaches every inner sampler's set_epoch (DistributedSampler's too)
+                self._mtl.set_epoch(self.state.epoch)
+            yield from iterate_mtlkit(self._mtl)
+            self._mtl = None
             return
         for plan in self.plan[self.state.step_in_epoch:]:
             yield {t: self.streams[t].next() for t in plan}
@@ -145,6 +129,7 @@ class Trainer:
         losses: dict[str, torch.Tensor] = {}
         for task, batch in batches.items():
             batch = {k: v.to(self.device) for k, v in batch.items() if k != "index"}
+            scale = pop_loss_scale(batch, self.env)  # rows here * world / rows in all ranks
             labels = batch.pop("labels")
             with self.autocast():
                 if self.smart is not None:
@@ -152,12 +137,14 @@ class Trainer:
                 else:
                     out, reg = self.model(task, batch), None
             loss = task_loss(task, out, labels)
-            losses[task] = loss if reg is None else loss + reg.float()
+            losses[task] = (loss if reg is None else loss + reg.float()) * scale
         self.opt.zero_grad(set_to_none=True)
         if self.cfg.surgery:
-            self.opt.backward(losses)
+            self.opt.backward(losses)  # PCGrad(sync="tasks") reduces across ranks itself
         else:
             torch.stack(list(losses.values())).sum().backward()
+        if self.reduce_grads:
+            average_gradients(self.params, self.env)  # no-op in one process
         if self.cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
         self.opt.step()
@@ -167,8 +154,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def out_of_budget(self) -> bool:
         c, s = self.cfg, self.state
-        return ((c.max_train_seconds is not None and s.train_seconds >= c.max_train_seconds)
-                or (c.max_steps is not None and s.global_step >= c.max_steps))
+        timed = c.max_train_seconds is not None and s.train_seconds >= c.max_train_seconds
+        if c.max_train_seconds is not None:  # the ranks' clocks differ: stop together
+            timed = any_rank(timed, self.env)
+        return timed or (c.max_steps is not None and s.global_step >= c.max_steps)
 
     def run(self) -> RunState:
         s, c = self.state, self.cfg
@@ -176,13 +165,21 @@ class Trainer:
             self.model.train()  # from_pretrained hands the encoder back in eval mode
             steps_this_epoch = len(self.plan) if c.loader == "builtin" else None
             bar = tqdm(total=steps_this_epoch, initial=s.step_in_epoch,
-                       desc=f"epoch {s.epoch + 1}/{c.epochs}", disable=not c.progress,
+                       desc=f"epoch {s.epoch + 1}/{c.epochs}",
+                       disable=not c.progress or not self.env.is_main,
                        dynamic_ncols=True, leave=False)
-            ema: float | None = None
+            if s.step_in_epoch == 0:
+                s.loss_ema = None
             stopped = False
-            for batches in self._step_batches():
+            batch_iter = self._step_batches()
+            while True:
+                # the budget is checked before the next batch is drawn, so a checkpoint
+                # written after stopping resumes with exactly that batch
                 if self.out_of_budget():
-                    stopped = True
+                    stopped = not self._epoch_exhausted(steps_this_epoch)
+                    break
+                batches = next(batch_iter, None)
+                if batches is None:
                     break
                 t0 = time.perf_counter()
                 losses = self.step(batches)
@@ -191,7 +188,8 @@ class Trainer:
                 s.global_step += 1
                 s.step_in_epoch += 1
                 total = sum(losses.values())
-                ema = total if ema is None else 0.95 * ema + 0.05 * total
+                ema = s.loss_ema = total if s.loss_ema is None else (0.95 * s.loss_ema
+                                                                       + 0.05 * total)
                 n_ex = sum(len(b["index"]) for b in batches.values())
                 bar.update(1)
                 bar.set_postfix(loss=f"{ema:.4f}", ex_s=f"{n_ex / max(dt, 1e-9):.1f}")
@@ -199,13 +197,25 @@ class Trainer:
                     logger.info("step %d (epoch %d) loss %.4f %s %.1f ex/s", s.global_step,
                                 s.epoch + 1, ema, {k: round(v, 4) for k, v in losses.items()},
                                 n_ex / max(dt, 1e-9))
+                if (c.checkpoint_every and s.global_step % c.checkpoint_every == 0
+                        and s.step_in_epoch != steps_this_epoch):  # end_epoch saves that one
+                    self.save_last()
             bar.close()
             if stopped and s.step_in_epoch == 0:
                 break
-            self.end_epoch(partial=stopped, train_loss=ema)
+            self.end_epoch(partial=stopped, train_loss=s.loss_ema)
             if stopped:
                 break
         return s
+
+    def _epoch_exhausted(self, steps_this_epoch: int | None) -> bool:
+        n = steps_this_epoch
+        if n is None and self._mtl is not None:
+            try:
+                n = len(self._mtl)
+            except TypeError:  # a sequential MultiTaskLoader over unsized loaders
+                return False
+        return n is not None and self.state.step_in_epoch >= n
 
     def end_epoch(self, partial: bool, train_loss: float | None) -> None:
         s = self.state
@@ -217,43 +227,59 @@ class Trainer:
         s.history.append(entry)
         logger.info("epoch %d%s dev %s", s.epoch + 1, " (partial)" if partial else "",
                     {k: round(v, 4) for k, v in scores.items()})
-        if scores["overall"] > s.best_overall:
+        if scores["overall"] > s.best_overall:  # the same decision on every rank
             s.best_overall, s.best_epoch, s.best_dev = scores["overall"], s.epoch + 1, scores
-            save_checkpoint(self.ckpt_dir / "best", self.model.state_dict(),
-                            {"epoch": s.epoch + 1, "dev": scores})
-            logger.info("new best overall %.4f: saved %s", scores["overall"],
-                        self.ckpt_dir / "best")
+            if self.env.is_main:
+                save_checkpoint(self.ckpt_dir / "best", self.model.state_dict(),
+                                {"epoch": s.epoch + 1, "dev": scores})
+                logger.info("new best overall %.4f: saved %s", scores["overall"],
+                            self.ckpt_dir / "best")
         if not partial:
             s.epoch, s.step_in_epoch = s.epoch + 1, 0
+            self._mtl = None  # the next epoch starts a fresh MultiTaskLoader
         self.save_last()
 
     # ------------------------------------------------------------------ resume
     def save_last(self) -> None:
-        state = {"run": asdict(self.state), "optimizer": self.opt.state_dict(),
-                 "scheduler": self.sched.state_dict(),
-                 "streams": {t: st.state_dict() for t, st in self.streams.items()},
-                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        """Rank 0 writes the last checkpoint (every rank's RNG state gathered into it)."""
+        rng = capture_rng(self.env)  # a collective: before rank 0 alone goes on
+        if not self.env.is_main:
+            return
+        state: dict[str, Any] = {
+            "run": asdict(self.state), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "streams": {t: st.state_dict() for t, st in self.streams.items()},
+            "rng": rng,
+            "world_size": self.env.world}
+        if self._mtl is not None:
+            state["mtlkit_loader"] = self._mtl.state_dict()
         save_checkpoint(self.ckpt_dir / "last", self.model.state_dict(), state)
 
     def load_last(self) -> bool:
-        """Restore model, optimizer, scheduler, loader positions and RNG; False if none."""
+        """Restore model, optimizer, scheduler, loader positions and RNG; False if none.
+
+        A corrupt or truncated ``last`` falls back to ``last.previous`` (with a warning).
+        Every rank reads the same files.
+        """
         path = self.ckpt_dir / "last"
-        if not path.exists() and not path.with_name("last.old").exists():
+        try:
+            model_state, st, path = load_latest(path)
+        except FileNotFoundError:
             return False
-        model_state, st = load_checkpoint(path)
         self.model.load_state_dict(model_state)
         self.opt.load_state_dict(optimizer_state_from_json(st["optimizer"]))
         self.sched.load_state_dict(st["scheduler"])
         for t, ss in st["streams"].items():
             if t in self.streams:
                 self.streams[t].load_state_dict(ss)
-        torch.set_rng_state(st["rng"]["torch"])
-        random.setstate(_tuples(st["rng"]["python"]))
+        restore_rng(st["rng"], self.env)
+        self._mtl_state = st.get("mtlkit_loader")
         self.state = RunState(**st["run"])
+        steps = all_gather_objects(self.state.global_step, self.env)
+        if len(set(steps)) != 1:
+            raise RuntimeError(f"--resume: the ranks loaded different checkpoints (steps "
+                               f"{steps}); is {self.ckpt_dir} on a filesystem every rank sees?")
         logger.info("resumed from %s at epoch %d step %d (%.0f s trained)", path,
                     self.state.epoch + 1, self.state.step_in_epoch, self.state.train_seconds)
         return True
 
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x

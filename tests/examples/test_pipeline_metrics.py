@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from multitask_bert.checkpoint import (
+    CheckpointError,
     flatten_state,
     load_checkpoint,
     optimizer_state_from_json,
@@ -111,7 +112,7 @@ def test_checkpoint_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
              "nested": [1.5, {"x": None}]}
     save_checkpoint(tmp_path / "ck", model.state_dict(), state)
     files = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert files == ["model.safetensors", "state.json", "state.safetensors"]
+    assert files == ["manifest.json", "model.safetensors", "state.json", "state.safetensors"]
     json.loads((tmp_path / "ck" / "state.json").read_text())  # plain JSON
     m2, s2 = load_checkpoint(tmp_path / "ck")
     assert torch.equal(m2["weight"], model.weight)
@@ -120,14 +121,15 @@ def test_checkpoint_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
     opt2.load_state_dict(optimizer_state_from_json(s2["optimizer"]))
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"],
                        opt.state_dict()["state"][0]["exp_avg"])
-    # replacing leaves exactly one checkpoint and no temporary directories behind
+    # replacing keeps the previous checkpoint and no temporary directories behind
     save_checkpoint(tmp_path / "ck", {"weight": torch.zeros(2, 3)}, {"n": 4})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "ck.previous"]
     assert load_checkpoint(tmp_path / "ck")[1] == {"n": 4}
-    # a crash between the two renames leaves ck.old, which is still readable
+    assert load_checkpoint(tmp_path / "ck.previous")[1]["n"] == 3
+    # an older version's crash between its two renames left ck.old: still readable
     (tmp_path / "ck").rename(tmp_path / "ck.old")
     assert load_checkpoint(tmp_path / "ck")[1] == {"n": 4}
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="nothing"):
         load_checkpoint(tmp_path / "nothing")
 
 
@@ -140,7 +142,7 @@ def test_flatten_rejects_unknown_types() -> None:
 
 
 @pytest.mark.parametrize("name", ["data", "batching", "model", "evaluate", "report", "presets",
-                                  "checkpoint", "primitives"])
+                                  "checkpoint", "primitives", "distributed", "rng"])
 def test_module_doctests(name: str) -> None:
     module = importlib.import_module(f"multitask_bert.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

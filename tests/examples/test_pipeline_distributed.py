@@ -1,0 +1,267 @@
+"""The example under torchrun (2 gloo processes on CPU) and the SIGKILL + ``--resume`` test.
+
+Determinism settings of the multi-process and kill tests: ``--threads 1`` (OMP_NUM_THREADS=1),
+``--deterministic``, the builtin loader, and ``--dropout 0 --encoder-dropout 0`` where one
+process is compared with two (dropout masks are drawn per rank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_helpers import write_cs224n
+
+import bert_sst_qqp_sts as cli
+from multitask_bert.checkpoint import load_checkpoint
+from multitask_bert.distributed import (
+    DistEnv,
+    ShardCollate,
+    average_gradients,
+    pop_loss_scale,
+    rank_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "bert_sst_qqp_sts.py"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "examples")])
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _flags(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--data-dir", str(data), "--out", str(out),
+            "--max-length", "32", "--no-progress", "--threads", "1", "--no-plots",
+            "--deterministic", *extra]
+
+
+def _torchrun(flags: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(SCRIPT), *flags]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path, atol: float) -> None:
+    a, b = load_checkpoint(a_dir)[0], load_checkpoint(b_dir)[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+# ----------------------------------------------------------------------------- sharding math
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_rank_rows_partition_every_batch(world: int) -> None:
+    for n in range(0, 11):
+        shards = [rank_rows(n, DistEnv(rank=r, world=world)) for r in range(world)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        equal = [rank_rows(n, DistEnv(rank=r, world=world), equal=True) for r in range(world)]
+        assert {len(s) for s in equal} == {n // world}
+        assert sorted(i for s in equal for i in s) == list(range(n - n % world))
+
+
+@pytest.mark.parametrize(("world", "n"), [(2, 3), (2, 8), (3, 7), (4, 2)])
+def test_scaled_shard_losses_average_to_the_global_batch_gradient(world: int, n: int) -> None:
+    """Per-rank mean losses scaled by rows_here * world / rows_global, gradients averaged
+    over the ranks (what average_gradients does) = the gradient of the global mean loss,
+    also when a rank has no row (it then computes a row with scale 0)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 5), torch.randn(n)
+    w = torch.randn(5, requires_grad=True)
+
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        return {"x": x[rows], "y": y[rows]}
+
+    ((x @ w - y) ** 2).mean().backward()
+    want, w.grad = w.grad.clone(), None
+    total = torch.zeros(5)
+    for r in range(world):
+        env = DistEnv(rank=r, world=world)
+        batch = ShardCollate(collate, env)(list(range(n)))
+        scale = pop_loss_scale(batch, env)
+        (((batch["x"] @ w - batch["y"]) ** 2).mean() * scale).backward()
+        total += w.grad
+        w.grad = None
+    torch.testing.assert_close(total / world, want)
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+def _collectives_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from multitask_bert.distributed import all_gather_objects, parameters_agree
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        env = DistEnv(rank=rank, world=world)
+        a = torch.nn.Parameter(torch.zeros(3))
+        b = torch.nn.Parameter(torch.zeros(2, 2))
+        c = torch.nn.Parameter(torch.zeros(1))  # no rank has a gradient
+        a.grad = torch.full((3,), float(rank + 1))
+        b.grad = torch.ones(2, 2) * 4 if rank == 0 else None  # only rank 0 has one
+        average_gradients([a, b, c], env)
+        m = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            m.weight.fill_(1.0)
+            m.bias.fill_(float(rank))
+        result = {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": c.grad,
+                  "gathered": all_gather_objects(("rank", rank), env),
+                  "agree_differ": parameters_agree(m, env)}
+        with torch.no_grad():
+            m.bias.fill_(0.0)
+        result["agree_same"] = parameters_agree(m, env)
+        # SimCSE under the pipeline's wiring: equal shards, gather across ranks, averaged
+        # gradients == one process on the whole batch
+        from mtlkit import SimCSELoss
+
+        torch.manual_seed(0)
+        enc = torch.nn.Linear(6, 4)
+        x1, x2 = torch.randn(9, 6), torch.randn(9, 6)
+        SimCSELoss(temperature=0.5)(enc(x1[:8]), enc(x2[:8])).backward()  # 9 % 2 dropped
+        want = [p.grad.clone() for p in enc.parameters()]
+        enc.zero_grad()
+        batch = ShardCollate(lambda rows: {"a": x1[rows], "b": x2[rows]}, env,
+                             equal=True)(list(range(9)))
+        assert pop_loss_scale(batch, env) == 1.0
+        SimCSELoss(temperature=0.5, gather_across_ranks=True)(enc(batch["a"]),
+                                                              enc(batch["b"])).backward()
+        average_gradients(list(enc.parameters()), env)
+        result["simcse_max_err"] = max(float((p.grad - w).abs().max())
+                                       for p, w in zip(enc.parameters(), want, strict=True))
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_average_gradients_and_gathers_on_two_processes(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    out = tmp_path / "result.json"
+    mp.spawn(_collectives_worker, args=(2, init, str(out)), nprocs=2, join=True)
+    r = json.loads(out.read_text())
+    assert r["a"] == [1.5, 1.5, 1.5]
+    assert r["b"] == [[2.0, 2.0], [2.0, 2.0]]  # a missing gradient counts as zeros
+    assert r["c"] is None  # no rank had one: stays None (AdamW skips it, as in one process)
+    assert r["gathered"] == [["rank", 0], ["rank", 1]]
+    assert r["agree_differ"] is False and r["agree_same"] is True
+    assert r["simcse_max_err"] < 1e-6
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tiny_model_dir: Path, data_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """2 gloo ranks on the same global batches (3 rows per task: shards of 2 and 1) give the
+    weights of one process, and ``--resume`` under torchrun continues to the weights of an
+    uninterrupted run. (The SimCSE stage is left out: on a random tiny BERT its gradients
+    are near zero and AdamW's first steps, about lr * sign(g), turn float-rounding
+    differences into lr-sized ones; its wiring is checked on exact gradients above.)"""
+    extra = ["--preset", "ce-interleaved-clip", "--batch-size", "3", "--lr", "1e-3",
+             "--dropout", "0", "--encoder-dropout", "0", "--log-every", "1"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = _torchrun(_flags(tiny_model_dir, data_dir, two, *extra, "--epochs", "1"))
+    assert "world size 2" in proc.stderr and "[rank 1]" in proc.stderr
+    m1 = cli.main(_flags(tiny_model_dir, data_dir, one, *extra, "--epochs", "2"))
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_steps"] == 8
+    for task in ("sst", "qqp", "sts"):
+        for split in ("dev", "test"):  # gathered predictions: every row, in file order
+            rows = (two / "predictions" / f"{task}-{split}.csv").read_text().splitlines()
+            ones = (one / "predictions" / f"{task}-{split}.csv").read_text().splitlines()
+            assert [r.split(",")[0] for r in rows] == [r.split(",")[0] for r in ones]
+    assert (two / "errors.md").is_file() and not list(two.glob("checkpoints/.*"))
+    assert metrics["history"][0]["dev"] == pytest.approx(m1["history"][0]["dev"], abs=1e-4)
+    _torchrun(_flags(tiny_model_dir, data_dir, two, *extra, "--epochs", "2", "--resume"))
+    resumed = json.loads((two / "metrics.json").read_text())
+    assert resumed["global_steps"] == m1["global_steps"] == 16
+    _assert_same_weights(two / "checkpoints" / "last", one / "checkpoints" / "last", 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [
+    ["--preset", "ce-interleaved-surgery", "--smart-weight", "1", "--loader", "mtlkit",
+     "--contrastive", "--contrastive-unsup-steps", "3", "--contrastive-sup-steps", "3",
+     "--contrastive-batch-size", "5"],
+    ["--preset", "ce-mixture-lora-clip", "--lora-r", "4"],
+], ids=["surgery-smart-simcse-mtlkit-loader", "lora-mixture"])
+def test_torchrun_every_ingredient(flags: list[str], tiny_model_dir: Path, data_dir: Path,
+                                   tmp_path: Path) -> None:
+    """PCGrad + SMART + both SimCSE stages (batches of 5: 2 rows per rank, one dropped) +
+    MultiTaskLoader (a DistributedSampler per task), and the LoRA mixture, under 2 ranks:
+    they complete, and the pipeline's own check that every rank ends with the same
+    parameters passes (it raises otherwise)."""
+    import mtlkit
+
+    if not all(hasattr(mtlkit, n) for n in ("LoRAMoE", "PCGrad", "SmartLoss", "SimCSELoss",
+                                            "MultiTaskLoader")):
+        pytest.skip("this mtlkit lacks a primitive")
+    out = tmp_path / "out"
+    _torchrun(_flags(tiny_model_dir, data_dir, out, *flags, "--batch-size", "4", "--epochs",
+                     "2", "--max-steps", "8"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_steps"] == 8
+    assert len(metrics["history"]) == 2  # epoch 1 (6 steps of 2 rows per rank), partial 2
+
+
+# ----------------------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    data = write_cs224n(tmp_path / "data", n_train=64, n_dev=12)
+    extra = ["--preset", "ce-interleaved-clip", "--batch-size", "4", "--lr", "1e-3",
+             "--epochs", "2", "--checkpoint-every", "1", "--log-every", "1"]
+    cmd = [sys.executable, str(SCRIPT)]
+    ref_out, cut_out = tmp_path / "ref", tmp_path / "cut"
+    ref = subprocess.Popen([*cmd, *_flags(tiny_model_dir, data, ref_out, *extra)],
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_at = random.Random(os.urandom(8)).randint(3, 26)  # 2 epochs of 16 steps
+    log = tmp_path / "cut.log"
+    with log.open("w") as f:
+        victim = subprocess.Popen([*cmd, *_flags(tiny_model_dir, data, cut_out, *extra)],
+                                  env=_env(), stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while f"step {kill_at} " not in log.read_text():
+        assert victim.poll() is None, f"exited before step {kill_at}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.002)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, f"kill at step {kill_at} came too late"
+    assert "metrics.json" not in os.listdir(cut_out)
+    resumed = subprocess.run([*cmd, *_flags(tiny_model_dir, data, cut_out, *extra, "--resume")],
+                             env=_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ref.wait(timeout=120) == 0
+    a = json.loads((ref_out / "metrics.json").read_text())
+    b = json.loads((cut_out / "metrics.json").read_text())
+    msg = f"killed at step {kill_at}"
+    assert b["best_dev"] == a["best_dev"], msg
+    assert [h["dev"] for h in b["history"]] == [h["dev"] for h in a["history"]], msg
+    assert [h["train_loss"] for h in b["history"]] == [h["train_loss"] for h in a["history"]]
+    assert b["global_steps"] == a["global_steps"] == 32
+    _assert_same_weights(ref_out / "checkpoints" / "last", cut_out / "checkpoints" / "last", 0)
