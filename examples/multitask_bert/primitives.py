@@ -7,7 +7,6 @@ without it and presets that do fail early with ``preset needs mtlkit.X``.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -43,39 +42,18 @@ def require(name: str, why: str) -> Any:
 # ----------------------------------------------------------------------------- PCGrad
 
 
-def _takes_sync(pcgrad_cls: Any) -> bool:
-    try:
-        return "sync" in inspect.signature(pcgrad_cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def wrap_surgery(optimizer: torch.optim.Optimizer, model: MultiTaskBert, seed: int) -> Any:
     """``PCGrad(optimizer, shared_params=encoder params, reduction="sum", seed=seed)``.
 
-    Where PCGrad takes ``sync``, ``sync="tasks"`` is passed: under a process group it
-    all-reduces the per-task gradients before surgery (the same algorithm as one process on
-    the global batch).
+    ``sync="tasks"``: under a process group PCGrad all-reduces the per-task gradients before
+    surgery (the same algorithm as one process on the global batch), heads included, so the
+    trainer must not average the gradients again.
     """
     pcgrad = require("PCGrad", "--surgery")
     shared = model.shared_parameters()
     if not shared:
         raise ValueError("--surgery needs a shared encoder (not --mixture full)")
-    kwargs = {"sync": "tasks"} if _takes_sync(pcgrad) else {}
-    return pcgrad(optimizer, shared_params=shared, reduction="sum", seed=seed, **kwargs)
-
-
-def surgery_syncs_ranks(opt: Any) -> bool:
-    """Whether ``opt`` (a PCGrad) all-reduces gradients across ranks itself.
-
-    An older PCGrad without ``sync`` does not: the trainer then averages the combined
-    gradient (surgery on each rank's local gradients, PCGrad's ``sync="aggregate"``).
-    """
-    if not _takes_sync(type(opt)):
-        logger.warning("this mtlkit.PCGrad has no sync argument: under torchrun the "
-                       "surgery runs on each rank's local gradients, then they are averaged")
-        return False
-    return getattr(opt, "sync", "tasks") not in (None, "none", False)
+    return pcgrad(optimizer, shared_params=shared, reduction="sum", seed=seed, sync="tasks")
 
 
 # ----------------------------------------------------------------------------- SMART

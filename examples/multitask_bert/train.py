@@ -42,7 +42,6 @@ from .primitives import (
     distributed_task_loaders,
     iterate_mtlkit,
     mtlkit_loader,
-    surgery_syncs_ranks,
     wrap_surgery,
 )
 from .rng import capture_rng, restore_rng
@@ -81,8 +80,7 @@ class Trainer:
                          else self.base_opt)
         # With --surgery, PCGrad(sync="tasks") all-reduces the per-task gradients itself:
         # averaging them again here would be a second, wrong reduction.
-        self.reduce_grads = not (cfg.surgery and self.env.distributed
-                                 and surgery_syncs_ranks(self.opt))
+        self.reduce_grads = not (cfg.surgery and self.env.distributed)
         self.smart = SmartTerm(cfg.smart_weight, cfg.smart_mode) if cfg.smart_weight > 0 else None
         shard = self.env.distributed
         self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k,

@@ -252,10 +252,10 @@ class _RecordingPCGrad:
 
     calls: ClassVar[list] = []
 
-    def __init__(self, optimizer, shared_params, reduction="sum", seed=0):
+    def __init__(self, optimizer, shared_params, reduction="sum", seed=0, sync="tasks"):
         self.optimizer, self.shared = optimizer, list(shared_params)
         self.param_groups = optimizer.param_groups
-        type(self).calls.append(("init", len(self.shared), reduction, seed))
+        type(self).calls.append(("init", len(self.shared), reduction, seed, sync))
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -285,7 +285,7 @@ def test_surgery_wiring_follows_the_contract(tiny_model_dir: Path, data_dir: Pat
     _run(tiny_model_dir, data_dir, tmp_path / "out", *flags)
     init = _RecordingPCGrad.calls[0]
     n_encoder = len(list(load_checkpoint(tmp_path / "out" / "checkpoints" / "last")[0]))
-    assert init[0] == "init" and init[2:] == ("sum", 3) and 0 < init[1] < n_encoder
+    assert init[0] == "init" and init[2:] == ("sum", 3, "tasks") and 0 < init[1] < n_encoder
     backwards = [c for c in _RecordingPCGrad.calls if c[0] == "backward"]
     assert len(backwards) == 6 and all(c[1] == ["qqp", "sst", "sts"] for c in backwards)
     # the wrapped optimizer's state goes through the checkpoint and back (--resume)
