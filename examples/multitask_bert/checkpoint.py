@@ -152,6 +152,9 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor],
             _fsync_file(tmp / name)
         (tmp / MANIFEST).write_text(json.dumps({"version": 1, "files": manifest}, indent=1))
         _fsync_file(tmp / MANIFEST)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700)
         _fsync_dir(tmp)
         prev = previous_path(path)
         if path.exists():
