@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Run several presets under one shared training budget and print a Table-1-style table.
 
-Each run gets ``--budget-minutes / number of runs`` of training time (``--max-train-minutes``),
-or, with ``--budget-examples N``, the optimizer steps that show it about N training examples
-(``--max-steps``: N / batch size for a sequential schedule, N / (batch size x tasks) for an
-interleaved one). Equal examples make the rows comparable the way the paper's equal epochs do
-and do not depend on how busy the machine is. Each run writes its own directory under
-``--out``. Any flag this driver does not know is passed to every run (e.g.
-``--max-train-per-task 2000 --threads 2``).
+Without a budget flag every run trains for its ``--epochs``; ``--budget-minutes`` shares
+training time equally (``--max-train-minutes``); ``--budget-examples N`` gives each run the
+optimizer steps that show it about N training examples (``--max-steps``: N / batch size for a
+sequential schedule, N / (batch size x tasks) for an interleaved one), which does not depend on
+how busy the machine is. A sequential run cut short never reaches its last datasets, though: to
+compare the schedules at equal epochs AND equal examples, give every task the same number of
+rows (``--max-train-per-task``), so that one epoch of either schedule shows each row once.
+Each run writes its own directory under ``--out``. Any flag this driver does not know is passed
+to every run (e.g. ``--max-train-per-task 2000 --threads 2``).
 
 Examples::
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), required=True,
                    help="presets (rows of Table 1) to run")
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=float,
                         help="training minutes shared equally by all runs")
     budget.add_argument("--budget-examples", type=int,
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> str:
             budget = ["--max-train-minutes", str(minutes)]
             logger.info("run %d/%d: %s (%.1f training minutes) -> %s", i + 1, len(runs), name,
                         minutes, out)
+        elif args.budget_examples is None:
+            budget = []
+            logger.info("run %d/%d: %s (its --epochs) -> %s", i + 1, len(runs), name, out)
         else:
             steps = steps_for_examples(args.budget_examples, [*rest, *extra])
             budget = ["--max-steps", str(steps)]
