@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo_ranks import run_on_ranks
 from mtlkit import SimCSELoss
 
 pytestmark = pytest.mark.slow  # spawns 2 processes (about 10 s)
@@ -55,46 +52,33 @@ def _loss_and_grads(model, loss_fn, x1, x2, x3, ids, with_z3, with_ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank: int, init_method: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
+def _rank_body(rank: int, world: int) -> dict[str, torch.Tensor]:
     results: dict[str, torch.Tensor] = {}
+    for name, (kwargs, with_z3, with_ids, rows) in CASES.items():
+        data = _global_data(rows)
+        local = {k: v[rank * rows : (rank + 1) * rows] for k, v in data.items()}
+        model = DistributedDataParallel(_encoder())
+        loss_fn = SimCSELoss(gather_across_ranks=True, **kwargs)
+        loss, grads = _loss_and_grads(model, loss_fn, **local, with_z3=with_z3,
+                                      with_ids=with_ids)
+        mean_loss = loss.clone()
+        dist.all_reduce(mean_loss)
+        results[f"{name}/loss"] = mean_loss / world
+        for param, grad in grads.items():
+            results[f"{name}/grad/{param.removeprefix('module.')}"] = grad
+    # every rank must pass the same batch size
     try:
-        for name, (kwargs, with_z3, with_ids, rows) in CASES.items():
-            data = _global_data(rows)
-            local = {k: v[rank * rows : (rank + 1) * rows] for k, v in data.items()}
-            model = DistributedDataParallel(_encoder())
-            loss_fn = SimCSELoss(gather_across_ranks=True, **kwargs)
-            loss, grads = _loss_and_grads(model, loss_fn, **local, with_z3=with_z3,
-                                          with_ids=with_ids)
-            mean_loss = loss.clone()
-            dist.all_reduce(mean_loss)
-            results[f"{name}/loss"] = mean_loss / WORLD
-            for param, grad in grads.items():
-                results[f"{name}/grad/{param.removeprefix('module.')}"] = grad
-        # every rank must pass the same batch size
-        try:
-            SimCSELoss(gather_across_ranks=True)(torch.randn(2 + rank, 4), torch.randn(2 + rank, 4))
-            results["uneven_raised"] = torch.tensor(False)
-        except ValueError:
-            results["uneven_raised"] = torch.tensor(True)
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+        SimCSELoss(gather_across_ranks=True)(torch.randn(2 + rank, 4), torch.randn(2 + rank, 4))
+        results["uneven_raised"] = torch.tensor(False)
+    except ValueError:
+        results["uneven_raised"] = torch.tensor(True)
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
-    tmp = tmp_path_factory.mktemp("simcse_ddp")
-    init_method = f"file://{tmp / 'store'}"
-    context = mp.spawn(_worker, args=(init_method, str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2 gloo workers did not finish within 120 s")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_on_ranks(_rank_body, tmp_path_factory.mktemp("simcse_ddp"), WORLD,
+                        timeout=120, weights_only=True)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -7,16 +7,12 @@ test_loader_distributed.py); PCGrad's are in test_surgery_distributed.py.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo_ranks import run_on_ranks
 from mtlkit import LoRAMoE, SmartLoss
 
 pytestmark = pytest.mark.slow  # spawns 2 processes (about 15 s)
@@ -157,32 +153,18 @@ def moe_without_find_unused(rank: int) -> str:
 
 
 # ------------------------------------------------------------------ the spawn
-def _worker(rank: int, init_method: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
-    results: dict = {}
-    try:
-        results["smart"] = train_smart(rank, WORLD)
-        results["moe_mixed"] = train_moe(rank, WORLD, mixed=True, find_unused=False)
-        results["moe_single_find_unused"] = train_moe(rank, WORLD, mixed=False, find_unused=True)
-        results["moe_single_error"] = moe_without_find_unused(rank)
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+def _rank_body(rank: int, world: int) -> dict:
+    return {
+        "smart": train_smart(rank, world),
+        "moe_mixed": train_moe(rank, world, mixed=True, find_unused=False),
+        "moe_single_find_unused": train_moe(rank, world, mixed=False, find_unused=True),
+        "moe_single_error": moe_without_find_unused(rank),
+    }
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("primitives_ddp")
-    context = mp.spawn(_worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=WORLD,
-                       join=False)
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2 gloo workers did not finish within 180 s")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_rank_body, tmp_path_factory.mktemp("primitives_ddp"), WORLD)
 
 
 def assert_params_close(got: dict, want: dict) -> None:

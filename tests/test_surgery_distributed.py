@@ -7,16 +7,14 @@ process group, so PCGrad issues no collective there).
 from __future__ import annotations
 
 import copy
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo_ranks import run_on_ranks
 from mtlkit import PCGrad
 from mtlkit._surgery_sync import bytes_per_step
 
@@ -174,31 +172,15 @@ def _mismatch(rank: int) -> dict[str, str]:
     return messages
 
 
-def _worker(rank: int, init_method: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
-    results: dict = {}
-    try:
-        for case in CASES:
-            results[case] = train(case, rank, WORLD)
-        results["mismatch"] = _mismatch(rank)
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+def _rank_body(rank: int, world: int) -> dict:
+    results: dict = {case: train(case, rank, world) for case in CASES}
+    results["mismatch"] = _mismatch(rank)
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("pcgrad_ddp")
-    context = mp.spawn(_worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=WORLD,
-                       join=False)
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2 gloo workers did not finish within 180 s")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_rank_body, tmp_path_factory.mktemp("pcgrad_ddp"), WORLD)
 
 
 def assert_params_close(got: dict, want: dict) -> None:
