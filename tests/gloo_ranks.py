@@ -6,6 +6,8 @@ this is the spawning, timeout and collection they share.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +26,14 @@ def _entry(rank: int, world: int, init_method: str, out_dir: str, body: RankBody
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         torch.save(body(rank, world), Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # leave together: a rank tearing down while the other still talks can abort
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: a gloo thread still joinable there aborts the process
+    # ("terminate called without an active exception"), which once failed a loaded CI run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_on_ranks(body: RankBody, tmp: Path, world: int = 2, timeout: float = 180.0,
