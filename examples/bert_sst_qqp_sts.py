@@ -170,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pad-multiple", type=_positive_int, default=1,
                    help="round each batch's padded length up to a multiple of this (fewer "
                    "distinct shapes; try 16 with --bf16) (default: 1)")
+    g.add_argument("--pair-swap", action="store_true",
+                   help="train on each QQP/STS pair in a random order, s1-s2 or s2-s1, drawn "
+                   "anew every pass (both tasks are symmetric; cross encoding only)")
+    g.add_argument("--symmetric-eval", action="store_true",
+                   help="predict QQP/STS pairs from the average of both orders' outputs "
+                   "(cross encoding only; doubles their prediction cost, not training's)")
+    g.add_argument("--ema", type=float, default=0.0,
+                   help="evaluate, select and save an exponential moving average of the "
+                   "weights with this decay, e.g. 0.999 (default 0: off); the raw weights' dev "
+                   "scores go into the history beside them")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast (CPU AMX/AVX-512 or GPU); losses stay float32")
@@ -226,9 +236,17 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("--contrastive pre-trains one shared encoder; use --mixture none")
     if args.smart_weight > 0 and args.encoding != "cross":
         parser.error("--smart-weight needs --encoding cross")
+    if (args.pair_swap or args.symmetric_eval) and args.encoding != "cross":
+        parser.error("--pair-swap and --symmetric-eval need --encoding cross (separate "
+                     "encoding does not depend on the order of a pair's sentences)")
+    if not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema must be in [0, 1), got {args.ema}")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.pair_swap and args.loader == "mtlkit" and world > 1:
+        parser.error("--pair-swap under torchrun needs --loader builtin (the mtlkit loader's "
+                     "DistributedSampler draws no pair orders)")
     if args.contrastive and args.contrastive_batch_size < world:
         parser.error(f"--contrastive-batch-size {args.contrastive_batch_size} is smaller "
                      f"than the {world} processes: each needs at least one row per batch")

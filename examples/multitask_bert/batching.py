@@ -20,15 +20,22 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     batches, and the batches are shuffled. Evaluation (``shuffle=False``): all indices sorted
     by length, longest first. ``start`` skips the first batches (used by ``--resume``).
 
+    ``swap_pairs`` (training only, over a dataset with both orders of each pair): each index
+    ``i`` is replaced by ``i + len(lengths)`` (the swapped pair) with probability 1/2, drawn
+    from the same seeded generator, so a resumed run sees the same orders.
+
     >>> s = LengthGroupedBatchSampler([5, 1, 3, 2], batch_size=2, shuffle=False)
     >>> list(s)
     [[0, 2], [3, 1]]
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
-                 group_batches: int = 50) -> None:
+                 group_batches: int = 50, swap_pairs: bool = False) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if swap_pairs and not shuffle:
+            raise ValueError("swap_pairs is for training batches (shuffle=True)")
+        self.swap_pairs = swap_pairs
         self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
         self.seed, self.group_batches, self.epoch, self.start = seed, group_batches, 0, 0
 
@@ -48,7 +55,11 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             chunk = sorted(perm[s:s + group], key=lambda i: self.lengths[i])
             out.extend(chunk[i:i + bs] for i in range(0, len(chunk), bs))
         order = torch.randperm(len(out), generator=g).tolist()
-        return [out[i] for i in order]
+        batches = [out[i] for i in order]
+        if self.swap_pairs:  # drawn after the order, which stays that of swap_pairs=False
+            flips = torch.randint(0, 2, (n,), generator=g).tolist()
+            batches = [[i + n * flips[i] for i in b] for b in batches]
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.batches()[self.start:]
@@ -59,13 +70,15 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 def make_loader(ds: TokenizedTask, batch_size: int, shuffle: bool, seed: int = 0,
                 collate: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
-                ) -> DataLoader:
+                swap_pairs: bool = False) -> DataLoader:
     """A DataLoader over ``ds`` with length-grouped batches and dynamic padding.
 
     ``collate`` replaces ``ds.collate`` (under torchrun: a
     :class:`~multitask_bert.distributed.ShardCollate` that keeps this rank's rows).
+    ``swap_pairs`` shows each pair in a random order (only where ``ds`` has both orders).
     """
-    sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, shuffle, seed)
+    sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, shuffle, seed,
+                                        swap_pairs=swap_pairs and ds.has_both_orders)
     # an own generator: iterating never draws from the global RNG (exact --resume)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=collate or ds.collate,
                       generator=torch.Generator().manual_seed(seed))

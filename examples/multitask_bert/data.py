@@ -227,10 +227,15 @@ class TokenizedTask(Dataset):
     ``mode="cross"`` encodes pairs as ``[CLS] s1 [SEP] s2 [SEP]`` (one sequence);
     ``mode="separate"`` encodes each sentence of a pair on its own (the baseline). Single
     sentence tasks are the same in both modes.
+
+    ``both_orders=True`` (cross-encoded pairs only) also tokenizes every pair the other way
+    round, ``[CLS] s2 [SEP] s1 [SEP]``: item ``i + len(self)`` is row ``i`` swapped. The
+    pair tasks are symmetric, so training on both orders (``--pair-swap``) and averaging
+    both at prediction (``--symmetric-eval``) use the same row twice at no labelling cost.
     """
 
     def __init__(self, split: TaskSplit, tokenizer: Any, mode: str, max_length: int,
-                 pad_multiple: int = 1) -> None:
+                 pad_multiple: int = 1, both_orders: bool = False) -> None:
         if mode not in ("cross", "separate"):
             raise ValueError(f"mode must be 'cross' or 'separate', got {mode!r}")
         if pad_multiple <= 0:
@@ -241,9 +246,15 @@ class TokenizedTask(Dataset):
         kw = {"truncation": True, "max_length": max_length, "return_attention_mask": False,
               "return_token_type_ids": True}
         self.fields: dict[str, list[list[int]]] = {}
+        # the pairs the other way round (item i + len(self)); empty unless both_orders
+        self.swapped: dict[str, list[list[int]]] = {}
         if split.sent2 is not None and mode == "cross":
             enc = tokenizer(split.sent1, split.sent2, **kw)
             self.fields = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+            if both_orders:
+                enc = tokenizer(split.sent2, split.sent1, **kw)
+                self.swapped = {"input_ids": enc["input_ids"],
+                                "token_type_ids": enc["token_type_ids"]}
         else:
             enc = tokenizer(split.sent1, **kw)
             self.fields = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
@@ -257,8 +268,17 @@ class TokenizedTask(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def has_both_orders(self) -> bool:
+        """True when items ``len(self)`` to ``2 * len(self) - 1`` are the swapped pairs."""
+        return bool(self.swapped)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {k: v[i] for k, v in self.fields.items()}
+        n = len(self.split)
+        fields = self.fields
+        if i >= n and self.swapped:  # row i - n, sentences swapped
+            i, fields = i - n, self.swapped
+        item: dict[str, Any] = {k: v[i] for k, v in fields.items()}
         item["index"] = i
         if self.split.labels is not None:
             item["label"] = self.split.labels[i]
@@ -308,13 +328,15 @@ class TokenCache:
 
     def __init__(self, tokenizer: Any, max_length: int, pad_multiple: int = 1) -> None:
         self.tokenizer, self.max_length, self.pad_multiple = tokenizer, max_length, pad_multiple
-        self._cache: dict[tuple[str, str, str, int], TokenizedTask] = {}
+        self._cache: dict[tuple[str, str, str, int, bool], TokenizedTask] = {}
 
-    def get(self, split: TaskSplit, mode: str) -> TokenizedTask:
-        key = (split.task, split.split, mode, id(split))
+    def get(self, split: TaskSplit, mode: str, both_orders: bool = False) -> TokenizedTask:
+        """The tokenized ``split`` (see :class:`TokenizedTask` for ``both_orders``)."""
+        both_orders = both_orders and mode == "cross" and split.sent2 is not None
+        key = (split.task, split.split, mode, id(split), both_orders)
         if key not in self._cache:
             self._cache[key] = TokenizedTask(split, self.tokenizer, mode, self.max_length,
-                                             self.pad_multiple)
+                                             self.pad_multiple, both_orders)
         return self._cache[key]
 
     def __len__(self) -> int:

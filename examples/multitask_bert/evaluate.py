@@ -79,8 +79,13 @@ class Predictions:
 @torch.no_grad()
 def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
                   device: torch.device, bf16: bool = False,
-                  env: DistEnv | None = None) -> Predictions:
+                  env: DistEnv | None = None, symmetric: bool = False) -> Predictions:
     """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order).
+
+    ``symmetric=True`` (a dataset tokenized with both orders of each pair, see
+    :class:`~multitask_bert.data.TokenizedTask`): the model's outputs for ``s1, s2`` and
+    ``s2, s1`` are averaged before the prediction is made (QQP logits, STS scores). Without
+    both orders it is ignored.
 
     Under torchrun (``env.world > 1``) each rank predicts every ``world``-th row of the
     length-sorted order and the ranks' rows are all-gathered, so every rank returns the
@@ -91,24 +96,32 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
     model.eval()
     n = len(ds)
     order = sorted(range(n), key=lambda i: -ds.lengths[i])[env.rank::env.world]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rows: list[tuple[int, float, float]] = []
+    offsets = [0, n] if symmetric and ds.has_both_orders else [0]
+    outputs: dict[int, torch.Tensor] = {}
+    ctx = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16
+           else contextlib.nullcontext)
     try:
-        # an own generator: evaluating never draws from the global RNG (exact --resume)
-        loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
-                            generator=torch.Generator())
-        for batch in loader:
-            idx = batch.pop("index").tolist()
-            batch.pop("labels", None)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
-                   else contextlib.nullcontext())
-            with ctx:
-                out = model(ds.task, batch)
-            p, c = predict(ds.task, out)
-            rows.extend(zip(idx, p.tolist(), c.tolist(), strict=True))
+        for offset in offsets:
+            batches = [[i + offset for i in order[s:s + batch_size]]
+                       for s in range(0, len(order), batch_size)]
+            # an own generator: evaluating never draws from the global RNG (exact --resume)
+            loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
+                                generator=torch.Generator())
+            for batch in loader:
+                idx = batch.pop("index").tolist()
+                batch.pop("labels", None)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with ctx():
+                    out = model(ds.task, batch).float().cpu()
+                for i, o in zip(idx, out, strict=True):
+                    outputs[i] = o if i not in outputs else outputs[i] + o
     finally:
         model.train(was_training)
+    rows: list[tuple[int, float, float]] = []
+    if outputs:
+        idx = list(outputs)
+        p, c = predict(ds.task, torch.stack([outputs[i] for i in idx]) / len(offsets))
+        rows = list(zip(idx, p.tolist(), c.tolist(), strict=True))
     pred: list[float] = [0.0] * n
     conf: list[float] = [0.0] * n
     seen = 0

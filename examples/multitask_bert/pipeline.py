@@ -126,14 +126,15 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         torch.manual_seed(args.seed + 7919 * env.rank)
     cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
     t0 = time.perf_counter()
-    train_sets = {t: cache.get(splits["train"][t], _mode(args, t)) for t in args.tasks}
-    dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t)) for t in args.tasks}
+    swap, sym = getattr(args, "pair_swap", False), getattr(args, "symmetric_eval", False)
+    train_sets = {t: cache.get(splits["train"][t], _mode(args, t), swap) for t in args.tasks}
+    dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t), sym) for t in args.tasks}
     logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in train_sets.items()},
                 time.perf_counter() - t0)
     eval_bs = args.eval_batch_size or 4 * args.batch_size
 
     def eval_fn(m: MultiTaskBert) -> dict[str, float]:
-        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16, env)
+        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16, env, sym)
                            for t, ds in dev_sets.items()})
 
     cfg = TrainConfig(
@@ -144,7 +145,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         loader=args.loader, bf16=args.bf16, seed=args.seed,
         max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress,
-        checkpoint_every=getattr(args, "checkpoint_every", 0))
+        checkpoint_every=getattr(args, "checkpoint_every", 0),
+        ema=getattr(args, "ema", 0.0) or 0.0, pair_swap=swap)
     trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState(),
                       env)
     if args.resume and not trainer.load_last():
@@ -175,12 +177,12 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     dev_preds: dict[str, Predictions] = {}
     main = env.is_main
     for t in args.tasks:
-        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16, env)
+        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16, env, sym)
         if main:
             write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
         if t in splits["test"]:
-            ds = cache.get(splits["test"][t], _mode(args, t))
-            test_preds = predict_split(model, ds, eval_bs, device, args.bf16, env)
+            ds = cache.get(splits["test"][t], _mode(args, t), sym)
+            test_preds = predict_split(model, ds, eval_bs, device, args.bf16, env, sym)
             if main:
                 write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
     final_dev = dev_scores(dev_preds)

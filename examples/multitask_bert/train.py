@@ -46,6 +46,7 @@ from .primitives import (
 )
 from .rng import capture_rng, restore_rng
 from .train_config import RunState, TrainConfig
+from .weight_average import WeightEMA
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class Trainer:
         shard = self.env.distributed
         self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k,
                                                   ShardCollate(ds.collate, self.env)
-                                                  if shard else None))
+                                                  if shard else None, cfg.pair_swap))
                         for k, (t, ds) in enumerate(train_sets.items())}
+        self.ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
         self._mtl: Any = None
         self._mtl_state: dict[str, Any] | None = None
         self.plan = self._epoch_plan()
@@ -147,6 +149,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update()
         return {t: float(v.detach()) for t, v in losses.items()}
 
     # ------------------------------------------------------------------ loop
@@ -218,17 +222,28 @@ class Trainer:
     def end_epoch(self, partial: bool, train_loss: float | None) -> None:
         s = self.state
         t0 = time.perf_counter()
-        scores = self.eval_fn(self.model)
+        raw_scores = None
+        with contextlib.ExitStack() as stack:
+            if self.ema is not None:  # select and save the averaged weights
+                raw_scores = self.eval_fn(self.model)
+                stack.enter_context(self.ema.applied(self.model))
+            scores = self.eval_fn(self.model)
+            best_weights = (self.model.state_dict() if scores["overall"] > s.best_overall
+                            else None)
+            if best_weights is not None:  # copies: the live weights come back on exit
+                best_weights = {k: v.detach().clone() for k, v in best_weights.items()}
         entry = {"epoch": s.epoch + 1, "partial": partial, "global_step": s.global_step,
                  "train_seconds": round(s.train_seconds, 2), "train_loss": train_loss,
                  "dev": scores, "eval_seconds": round(time.perf_counter() - t0, 2)}
+        if raw_scores is not None:
+            entry["dev_without_ema"] = raw_scores
         s.history.append(entry)
         logger.info("epoch %d%s dev %s", s.epoch + 1, " (partial)" if partial else "",
                     {k: round(v, 4) for k, v in scores.items()})
-        if scores["overall"] > s.best_overall:  # the same decision on every rank
+        if best_weights is not None:  # the same decision on every rank
             s.best_overall, s.best_epoch, s.best_dev = scores["overall"], s.epoch + 1, scores
             if self.env.is_main:
-                save_checkpoint(self.ckpt_dir / "best", self.model.state_dict(),
+                save_checkpoint(self.ckpt_dir / "best", best_weights,
                                 {"epoch": s.epoch + 1, "dev": scores})
                 logger.info("new best overall %.4f: saved %s", scores["overall"],
                             self.ckpt_dir / "best")
@@ -251,6 +266,8 @@ class Trainer:
             "world_size": self.env.world}
         if self._mtl is not None:
             state["mtlkit_loader"] = self._mtl.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         save_checkpoint(self.ckpt_dir / "last", self.model.state_dict(), state)
 
     def load_last(self) -> bool:
@@ -271,6 +288,11 @@ class Trainer:
             if t in self.streams:
                 self.streams[t].load_state_dict(ss)
         restore_rng(st["rng"], self.env)
+        if self.ema is not None:
+            if "ema" not in st:
+                raise ValueError(f"--resume --ema: {path} holds no weight average (was it "
+                                 "written by a run without --ema?)")
+            self.ema.load_state_dict(st["ema"])
         self._mtl_state = st.get("mtlkit_loader")
         self.state = RunState(**st["run"])
         steps = all_gather_objects(self.state.global_step, self.env)

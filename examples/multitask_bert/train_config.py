@@ -29,6 +29,8 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     checkpoint_every: int = 0  # also save the last checkpoint every N steps (0: per epoch)
+    ema: float = 0.0  # decay of the weight average evaluated and saved (0: off)
+    pair_swap: bool = False  # train on each pair in a random order (s1, s2) or (s2, s1)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("interleaved", "sequential"):
@@ -45,6 +47,8 @@ class TrainConfig:
         if self.smart_mode not in ("projected", "normalized"):
             raise ValueError(f"smart_mode must be 'projected' or 'normalized', got "
                              f"{self.smart_mode!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
             raise ValueError("lr must be > 0; clip_norm and smart_weight must be >= 0")
 

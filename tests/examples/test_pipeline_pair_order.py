@@ -1,0 +1,147 @@
+"""Both orders of a pair: tokenization, random order in training batches (``--pair-swap``),
+averaged predictions (``--symmetric-eval``), and the flags end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bert_sst_qqp_sts as cli
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
+from multitask_bert.data import TokenCache, TokenizedTask, read_split
+from multitask_bert.evaluate import predict_split
+from multitask_bert.model import MultiTaskBert, predict
+
+
+@pytest.fixture
+def tok(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_both_orders_are_the_swapped_pairs(data_dir: Path, tok) -> None:
+    qqp = read_split(data_dir, "qqp", "train")
+    ds = TokenizedTask(qqp, tok, "cross", 64, both_orders=True)
+    n = len(ds)
+    assert ds.has_both_orders
+    for i in range(n):
+        want = tok(qqp.sent2[i], qqp.sent1[i])
+        item = ds[i + n]
+        assert item["input_ids"] == want["input_ids"]
+        assert item["token_type_ids"] == want["token_type_ids"]
+        assert item["index"] == i and item["label"] == qqp.labels[i]
+        assert ds[i]["input_ids"] == tok(qqp.sent1[i], qqp.sent2[i])["input_ids"]
+    assert not TokenizedTask(qqp, tok, "cross", 64).has_both_orders
+
+
+def test_cache_asks_for_both_orders_only_where_they_exist(data_dir: Path, tok) -> None:
+    cache = TokenCache(tok, 64)
+    sst = read_split(data_dir, "sst", "train")
+    sts = read_split(data_dir, "sts", "train")
+    assert not cache.get(sst, "cross", both_orders=True).has_both_orders
+    assert not cache.get(sts, "separate", both_orders=True).has_both_orders
+    both = cache.get(sts, "cross", both_orders=True)
+    assert both.has_both_orders and cache.get(sts, "cross", True) is both
+    assert not cache.get(sts, "cross").has_both_orders  # a separate entry
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), bs=st.integers(1, 9), seed=st.integers(0, 5),
+       epoch=st.integers(0, 3))
+def test_swapped_sampler_keeps_the_rows_and_order(n: int, bs: int, seed: int,
+                                                  epoch: int) -> None:
+    lengths = [(i * 5) % 11 + 1 for i in range(n)]
+    plain = LengthGroupedBatchSampler(lengths, bs, True, seed, group_batches=3)
+    swapped = LengthGroupedBatchSampler(lengths, bs, True, seed, group_batches=3,
+                                        swap_pairs=True)
+    plain.set_epoch(epoch)
+    swapped.set_epoch(epoch)
+    a, b = list(plain), list(swapped)
+    # the same rows in the same batches; each either as itself or as its swapped twin
+    assert [[i % n for i in batch] for batch in b] == a
+    assert all(0 <= i < 2 * n for batch in b for i in batch)
+    assert list(swapped) == b  # deterministic for a fixed (seed, epoch)
+
+
+def test_swapped_sampler_flips_about_half_and_redraws_each_pass() -> None:
+    n = 2000
+    s = LengthGroupedBatchSampler([3] * n, 16, True, seed=1, swap_pairs=True)
+    first = sorted(i for b in s for i in b)
+    flipped = sum(i >= n for i in first)
+    assert 900 < flipped < 1100  # 1000 +- 4.5 sigma
+    s.set_epoch(1)
+    second = {i for b in s for i in b}
+    assert second != set(first)
+    with pytest.raises(ValueError, match="swap_pairs is for training"):
+        LengthGroupedBatchSampler([1, 2], 2, shuffle=False, swap_pairs=True)
+
+
+def test_stream_with_swaps_resumes_exactly(data_dir: Path, tok) -> None:
+    ds = TokenizedTask(read_split(data_dir, "sts", "train"), tok, "cross", 64, both_orders=True)
+    a = TaskStream(make_loader(ds, 5, True, seed=0, swap_pairs=True))
+    seen = [a.next()["input_ids"] for _ in range(7)]
+    b = TaskStream(make_loader(ds, 5, True, seed=0, swap_pairs=True))
+    b.load_state_dict({"passes": 0, "pos": 3})
+    for got, want in zip([b.next()["input_ids"] for _ in range(4)], seen[3:], strict=True):
+        assert torch.equal(got, want)
+
+
+def _tiny_model(tiny_model_dir: Path) -> MultiTaskBert:
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    enc = AutoModel.from_pretrained(tiny_model_dir, add_pooling_layer=False)
+    return MultiTaskBert(enc, enc.config.hidden_size, encoding="cross", dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("task", ["qqp", "sts"])
+def test_symmetric_prediction_averages_both_orders(task: str, data_dir: Path, tok,
+                                                   tiny_model_dir: Path) -> None:
+    model = _tiny_model(tiny_model_dir)
+    ds = TokenizedTask(read_split(data_dir, task, "dev"), tok, "cross", 64, both_orders=True)
+    n = len(ds)
+    got = predict_split(model, ds, 3, torch.device("cpu"), symmetric=True)
+    one_order = predict_split(model, ds, 3, torch.device("cpu"))
+    with torch.no_grad():  # the naive reference: each row alone, both orders, mean output
+        both = [predict(task, (model(task, ds.collate([ds[i]]))
+                               + model(task, ds.collate([ds[i + n]]))) / 2) for i in range(n)]
+        single = [predict(task, model(task, ds.collate([ds[i]]))) for i in range(n)]
+    for preds, ref in ((got, both), (one_order, single)):
+        assert preds.pred == pytest.approx([p.item() for p, _ in ref], abs=1e-5)
+        assert preds.confidence == pytest.approx([c.item() for _, c in ref], abs=1e-5)
+    # the random model is not symmetric, so averaging changed something
+    value = (lambda p: p.pred) if task == "sts" else (lambda p: p.confidence)
+    assert value(got) != pytest.approx(value(one_order), abs=1e-5)
+
+
+def _run(model: Path, data: Path, out: Path, *extra: str) -> dict:
+    return cli.main(["--model", str(model), "--data-dir", str(data), "--out", str(out),
+                     "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
+                     "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
+                     "--lr", "1e-3", *extra])
+
+
+def test_pair_flags_end_to_end(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    plain = _run(tiny_model_dir, data_dir, tmp_path / "plain", "--epochs", "1")
+    both = _run(tiny_model_dir, data_dir, tmp_path / "both", "--epochs", "1", "--pair-swap",
+                "--symmetric-eval")
+    assert both["global_steps"] == plain["global_steps"]  # same steps, other orders
+    assert both["best_dev"]["qqp"] != pytest.approx(plain["best_dev"]["qqp"]) or \
+        both["best_dev"]["sts"] != pytest.approx(plain["best_dev"]["sts"])
+    for split in ("dev", "test"):
+        lines = (tmp_path / "both" / "predictions" / f"sts-{split}.csv").read_text().splitlines()
+        assert lines[0] == "id,prediction"
+        assert len(lines) - 1 == len(read_split(data_dir, "sts", split))
+
+
+@pytest.mark.parametrize("flag", ["--pair-swap", "--symmetric-eval"])
+def test_pair_flags_need_cross_encoding(flag: str, data_dir: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--data-dir", str(data_dir), "--preset", "baseline", flag])
+    assert "need --encoding cross" in capsys.readouterr().err
