@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bert_sst_qqp_sts as cli
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bert_sst_qqp_sts as cli
 from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
 from multitask_bert.data import TokenCache, TokenizedTask, read_split
 from multitask_bert.evaluate import predict_split

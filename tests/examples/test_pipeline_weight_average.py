@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bert_sst_qqp_sts as cli
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import bert_sst_qqp_sts as cli
 from multitask_bert.checkpoint import load_checkpoint
 from multitask_bert.weight_average import WeightEMA
 
