@@ -33,7 +33,7 @@ class WeightEMA:
     >>> ema = WeightEMA(lin, decay=0.5)
     >>> with torch.no_grad():
     ...     _ = lin.weight.fill_(0.0)
-    ...     ema.shadow["weight"].fill_(1.0)
+    ...     _ = ema.shadow["weight"].fill_(1.0)
     >>> ema.update(); ema.updates  # t = 0: d = min(0.5, 1/10) = 0.1
     1
     >>> round(ema.shadow["weight"].item(), 4)

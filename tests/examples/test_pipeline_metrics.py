@@ -7,6 +7,7 @@ import doctest
 import importlib
 import json
 import math
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,15 @@ def test_flatten_rejects_unknown_types() -> None:
     assert not math.isnan(1.0)
 
 
-@pytest.mark.parametrize("name", ["data", "batching", "model", "evaluate", "report", "presets",
-                                  "checkpoint", "primitives", "distributed", "rng"])
+EXAMPLE_MODULES = sorted(m.name for m in pkgutil.iter_modules(
+    [str(Path(__file__).resolve().parents[2] / "examples" / "multitask_bert")]))
+
+
+def test_every_example_module_is_doctested() -> None:
+    assert {"data", "train", "weight_average"} <= set(EXAMPLE_MODULES)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_MODULES)
 def test_module_doctests(name: str) -> None:
     module = importlib.import_module(f"multitask_bert.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
