@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "for BERT-base; 5e-5 suits the small MiniLM) (default: 5e-5)")
     g.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant",
                    help="constant, or linear decay to 0 over all steps (default: constant)")
+    g.add_argument("--layer-lr-decay", type=float, default=1.0,
+                   help="multiply the learning rate by this per encoder layer going down "
+                   "(embeddings lowest; heads keep --lr), e.g. 0.9 (default 1.0: one rate)")
     g.add_argument("--dropout", type=float, default=0.3,
                    help="dropout on the pooled embedding before each head (paper: 0.3)")
     g.add_argument("--encoder-dropout", type=float, default=None,
@@ -239,6 +242,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if (args.pair_swap or args.symmetric_eval) and args.encoding != "cross":
         parser.error("--pair-swap and --symmetric-eval need --encoding cross (separate "
                      "encoding does not depend on the order of a pair's sentences)")
+    if not 0.0 < args.layer_lr_decay <= 1.0:
+        parser.error(f"--layer-lr-decay must be in (0, 1], got {args.layer_lr_decay}")
     if not 0.0 <= args.ema < 1.0:
         parser.error(f"--ema must be in [0, 1), got {args.ema}")
     if args.checkpoint_every < 0:

@@ -146,7 +146,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress,
         checkpoint_every=getattr(args, "checkpoint_every", 0),
-        ema=getattr(args, "ema", 0.0) or 0.0, pair_swap=swap)
+        ema=getattr(args, "ema", 0.0) or 0.0, pair_swap=swap,
+        layer_lr_decay=getattr(args, "layer_lr_decay", 1.0))
     trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState(),
                       env)
     if args.resume and not trainer.load_last():

@@ -36,6 +36,7 @@ from .distributed import (
     average_gradients,
     pop_loss_scale,
 )
+from .layer_decay import layerwise_param_groups
 from .model import MultiTaskBert, task_loss
 from .primitives import (
     SmartTerm,
@@ -75,7 +76,9 @@ class Trainer:
         self.autocast = autocast_factory(device, cfg.bf16)
         params = [p for p in model.parameters() if p.requires_grad]
         self.params = params
-        self.base_opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99),
+        groups: Any = (params if cfg.layer_lr_decay == 1.0 else
+                       layerwise_param_groups(model, cfg.lr, cfg.layer_lr_decay))
+        self.base_opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99),
                                           weight_decay=0.0)
         self.opt: Any = (wrap_surgery(self.base_opt, model, cfg.seed) if cfg.surgery
                          else self.base_opt)

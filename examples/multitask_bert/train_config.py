@@ -29,6 +29,7 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     checkpoint_every: int = 0  # also save the last checkpoint every N steps (0: per epoch)
+    layer_lr_decay: float = 1.0  # learning rate x decay per encoder layer going down
     ema: float = 0.0  # decay of the weight average evaluated and saved (0: off)
     pair_swap: bool = False  # train on each pair in a random order (s1, s2) or (s2, s1)
 
@@ -47,6 +48,8 @@ class TrainConfig:
         if self.smart_mode not in ("projected", "normalized"):
             raise ValueError(f"smart_mode must be 'projected' or 'normalized', got "
                              f"{self.smart_mode!r}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
