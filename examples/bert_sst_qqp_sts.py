@@ -68,6 +68,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _task_batch_sizes(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        task, sep, value = part.partition("=")
+        task = task.strip()
+        if not sep or task not in TASKS or task in out or not value.strip().isdigit() \
+                or int(value) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"--task-batch-sizes takes TASK=N pairs, e.g. 'sst=12,qqp=24' (tasks: "
+                f"{','.join(TASKS)}; N a positive integer; each task once), got {text!r}")
+        out[task] = int(value)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; every flag has its help text."""
     p = argparse.ArgumentParser(
@@ -151,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training epochs (paper: 10) (default: 3)")
     g.add_argument("--batch-size", type=_positive_int, default=16,
                    help="batch size per task (paper: 8) (default: 16)")
+    g.add_argument("--task-batch-sizes", type=_task_batch_sizes, default={},
+                   help="per-task training batch sizes overriding --batch-size, e.g. "
+                   "'sst=12,qqp=24,sts=12': an interleaved epoch has as many steps as the "
+                   "largest task has batches, so this sets how many passes each task makes")
     g.add_argument("--eval-batch-size", type=int, default=0,
                    help="evaluation batch size (default 0: 4 x --batch-size)")
     g.add_argument("--lr", type=float, default=5e-5,
@@ -239,6 +257,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("--contrastive pre-trains one shared encoder; use --mixture none")
     if args.smart_weight > 0 and args.encoding != "cross":
         parser.error("--smart-weight needs --encoding cross")
+    stray = sorted(set(args.task_batch_sizes) - set(args.tasks))
+    if stray:
+        parser.error(f"--task-batch-sizes names {', '.join(stray)}, not in --tasks "
+                     f"{','.join(args.tasks)}")
     if (args.pair_swap or args.symmetric_eval) and args.encoding != "cross":
         parser.error("--pair-swap and --symmetric-eval need --encoding cross (separate "
                      "encoding does not depend on the order of a pair's sentences)")

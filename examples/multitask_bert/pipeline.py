@@ -139,6 +139,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
 
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        task_batch_sizes=dict(getattr(args, "task_batch_sizes", None) or {}),
         steps_per_epoch=args.steps_per_epoch, lr_schedule=args.lr_schedule,
         clip_norm=args.clip_norm, surgery=args.surgery, smart_weight=args.smart_weight,
         smart_mode=args.smart_mode,

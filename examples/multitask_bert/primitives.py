@@ -117,17 +117,19 @@ def mtlkit_loader(loaders: dict[str, Any], mode: str, seed: int) -> Any:
     return loader_cls(loaders, mode=mode, seed=seed)
 
 
-def distributed_task_loaders(train_sets: dict[str, TokenizedTask], batch_size: int, seed: int,
-                             env: DistEnv) -> dict[str, DataLoader]:
+def distributed_task_loaders(train_sets: dict[str, TokenizedTask], batch_sizes: dict[str, int],
+                             seed: int, env: DistEnv) -> dict[str, DataLoader]:
     """Per-task DataLoaders over a ``DistributedSampler`` each (``--loader mtlkit`` under
-    torchrun): disjoint rows per rank, ``ceil(batch_size / world)`` rows per rank and step,
-    the same number of batches on every rank. MultiTaskLoader calls their ``set_epoch``."""
-    per_rank = math.ceil(batch_size / env.world)
-    if per_rank * env.world != batch_size:
-        logger.warning("--batch-size %d is not a multiple of the world size %d: the global "
-                       "batch per task is %d", batch_size, env.world, per_rank * env.world)
+    torchrun): disjoint rows per rank, ``ceil(batch_sizes[task] / world)`` rows per rank and
+    step, the same number of batches on every rank. MultiTaskLoader calls their
+    ``set_epoch``."""
     out = {}
     for k, (task, ds) in enumerate(train_sets.items()):
+        per_rank = math.ceil(batch_sizes[task] / env.world)
+        if per_rank * env.world != batch_sizes[task]:
+            logger.warning("%s: batch size %d is not a multiple of the world size %d: the "
+                           "global batch is %d", task, batch_sizes[task], env.world,
+                           per_rank * env.world)
         sampler = DistributedSampler(ds, num_replicas=env.world, rank=env.rank, shuffle=True,
                                      seed=seed + k, drop_last=False)
         out[task] = DataLoader(ds, batch_sampler=BatchSampler(sampler, per_rank, False),

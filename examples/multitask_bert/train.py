@@ -87,7 +87,7 @@ class Trainer:
         self.reduce_grads = not (cfg.surgery and self.env.distributed)
         self.smart = SmartTerm(cfg.smart_weight, cfg.smart_mode) if cfg.smart_weight > 0 else None
         shard = self.env.distributed
-        self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size, True, cfg.seed + k,
+        self.streams = {t: TaskStream(make_loader(ds, cfg.batch_size_for(t), True, cfg.seed + k,
                                                   ShardCollate(ds.collate, self.env)
                                                   if shard else None, cfg.pair_swap))
                         for k, (t, ds) in enumerate(train_sets.items())}
@@ -110,8 +110,9 @@ class Trainer:
     def _step_batches(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
         if self.cfg.loader == "mtlkit":
             if self.env.distributed:  # a DistributedSampler per task
-                loaders = distributed_task_loaders(self.train_sets, self.cfg.batch_size,
-                                                   self.cfg.seed, self.env)
+                loaders = distributed_task_loaders(
+                    self.train_sets, {t: self.cfg.batch_size_for(t) for t in self.tasks},
+                    self.cfg.seed, self.env)
             else:
                 loaders = {t: s.loader for t, s in self.streams.items()}
             mode = "interleaved" if self.cfg.schedule == "interleaved" else "sequential"

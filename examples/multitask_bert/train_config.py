@@ -13,6 +13,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 16
+    task_batch_sizes: dict[str, int] = field(default_factory=dict)  # overrides per task
     lr: float = 5e-5
     schedule: str = "interleaved"  # or "sequential"
     steps_per_epoch: int | None = None  # interleaved default: batches of the largest task
@@ -45,6 +46,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        bad = {t: b for t, b in self.task_batch_sizes.items() if b <= 0}
+        if bad:
+            raise ValueError(f"task_batch_sizes must be positive, got {bad}")
         if self.smart_mode not in ("projected", "normalized"):
             raise ValueError(f"smart_mode must be 'projected' or 'normalized', got "
                              f"{self.smart_mode!r}")
@@ -54,6 +58,14 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
             raise ValueError("lr must be > 0; clip_norm and smart_weight must be >= 0")
+
+    def batch_size_for(self, task: str) -> int:
+        """``task``'s training batch size: its override, else ``batch_size``.
+
+        >>> TrainConfig(task_batch_sizes={"qqp": 24}).batch_size_for("qqp")
+        24
+        """
+        return self.task_batch_sizes.get(task, self.batch_size)
 
 
 @dataclass

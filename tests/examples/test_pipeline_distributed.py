@@ -207,11 +207,15 @@ def test_torchrun_two_processes_equal_one_process(tiny_model_dir: Path, data_dir
      "--contrastive", "--contrastive-unsup-steps", "3", "--contrastive-sup-steps", "3",
      "--contrastive-batch-size", "5"],
     ["--preset", "ce-mixture-lora-clip", "--lora-r", "4"],
-], ids=["surgery-smart-simcse-mtlkit-loader", "lora-mixture"])
+    ["--preset", "ce-interleaved-clip", "--pair-swap", "--symmetric-eval", "--ema", "0.9",
+     "--layer-lr-decay", "0.9", "--task-batch-sizes", "sts=6"],
+], ids=["surgery-smart-simcse-mtlkit-loader", "lora-mixture", "recipe-flags"])
 def test_torchrun_every_ingredient(flags: list[str], tiny_model_dir: Path, data_dir: Path,
                                    tmp_path: Path) -> None:
     """PCGrad + SMART + both SimCSE stages (batches of 5: 2 rows per rank, one dropped) +
-    MultiTaskLoader (a DistributedSampler per task), and the LoRA mixture, under 2 ranks:
+    MultiTaskLoader (a DistributedSampler per task), the LoRA mixture, and the best
+    recipe's flags (pair orders, weight average, layer-wise rates, a per-task batch size),
+    under 2 ranks:
     they complete, and the pipeline's own check that every rank ends with the same
     parameters passes (it raises otherwise)."""
     import mtlkit
