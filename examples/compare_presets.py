@@ -69,15 +69,18 @@ def steps_for_examples(examples: int, argv: list[str]) -> int:
     100
     >>> steps_for_examples(4800, ["--preset", "ce", "--tasks", "sst"])
     300
+    >>> steps_for_examples(4800, ["--preset", "ce-interleaved", "--task-batch-sizes", "qqp=32"])
+    75
+
+    (A sequential schedule with per-task batch sizes gets their mean per step.)
     """
     args, _ = cli.build_parser().parse_known_args(argv)
     schedule = args.schedule
     if args.preset is not None:
         schedule = PRESETS[args.preset].get("schedule", schedule)
         schedule = args.schedule if "--schedule" in argv else schedule
-    per_step = args.batch_size
-    if schedule == "interleaved":
-        per_step *= len(args.tasks)
+    sizes = [args.task_batch_sizes.get(t, args.batch_size) for t in args.tasks]
+    per_step = sum(sizes) if schedule == "interleaved" else sum(sizes) / len(sizes)
     return max(1, round(examples / per_step))
 
 
