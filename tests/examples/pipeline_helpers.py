@@ -56,3 +56,14 @@ def write_cs224n(d: Path, n_train: int = 24, n_dev: int = 12, n_test: int = 8,
     write_rows(d / "quora-test-student.csv", ["", "id", "sentence1", "sentence2"],
                [[str(i), hid(i), _sentence(rng), _sentence(rng)] for i in range(n_test)])
     return d
+
+
+def run_tiny_clip(model: Path, data: Path, out: Path, *extra: str) -> dict:
+    """The example's ``main`` on the tiny model: ``ce-interleaved-clip``, batch 4, one thread,
+    no plots, ``extra`` flags last (they win)."""
+    import bert_sst_qqp_sts as cli
+
+    return cli.main(["--model", str(model), "--data-dir", str(data), "--out", str(out),
+                     "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
+                     "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
+                     "--lr", "1e-3", *extra])

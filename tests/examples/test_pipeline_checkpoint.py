@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_helpers import run_tiny_clip
 
-import bert_sst_qqp_sts as cli
 from multitask_bert import checkpoint as ck
 from multitask_bert.checkpoint import (
     CheckpointError,
@@ -130,11 +130,7 @@ def test_crash_between_the_renames_keeps_a_usable_checkpoint(
     assert load_latest(two)[1]["step"] == 4
 
 
-def _run(model: Path, data: Path, out: Path, *extra: str) -> dict:
-    return cli.main(["--model", str(model), "--data-dir", str(data), "--out", str(out),
-                     "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
-                     "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
-                     "--lr", "1e-3", *extra])
+_run = run_tiny_clip
 
 
 def test_resume_falls_back_to_previous_and_matches_uninterrupted(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pipeline_helpers import run_tiny_clip
 from torch import nn
 
-import bert_sst_qqp_sts as cli
 from multitask_bert.checkpoint import load_checkpoint
 from multitask_bert.weight_average import WeightEMA
 
@@ -77,11 +77,7 @@ def test_state_dict_round_trip_and_mismatch() -> None:
         WeightEMA(nn.Linear(2, 2, bias=False), 0.5).load_state_dict(ema_a.state_dict())
 
 
-def _run(model: Path, data: Path, out: Path, *extra: str) -> dict:
-    return cli.main(["--model", str(model), "--data-dir", str(data), "--out", str(out),
-                     "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
-                     "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
-                     "--lr", "1e-3", *extra])
+_run = run_tiny_clip
 
 
 def test_ema_selects_and_saves_the_averaged_weights(tiny_model_dir: Path, data_dir: Path,
