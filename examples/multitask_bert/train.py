@@ -4,7 +4,10 @@ best checkpoint by the overall dev score, and ``--resume`` from the last checkpo
 One step draws one batch of each task in the step's plan (interleaved: every task; sequential:
 one task at a time, each dataset in turn, as in the paper's baseline), sums the task losses
 (plus the optional SMART terms), backpropagates (plainly or through PCGrad), optionally clips
-the gradient norm, and steps AdamW (betas (0.9, 0.99), weight decay 0, as in the paper).
+the gradient norm, and steps AdamW (betas (0.9, 0.99), weight decay 0, as in the paper;
+optionally with per-layer learning rates, :mod:`multitask_bert.layer_decay`). With ``--ema``
+a :class:`~multitask_bert.weight_average.WeightEMA` follows every step, and the averaged
+weights are the ones evaluated, selected and saved as ``best``.
 
 Under torchrun (see :mod:`multitask_bert.distributed`) every rank runs the same plan on its
 shard of each batch; the gradients are averaged across ranks before clipping (by PCGrad
