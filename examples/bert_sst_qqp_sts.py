@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate, select and save an exponential moving average of the "
                    "weights with this decay, e.g. 0.999 (default 0: off); the raw weights' dev "
                    "scores go into the history beside them")
+    g.add_argument("--select", choices=["overall", "per-task"], default="overall",
+                   help="overall: keep the epoch with the best overall dev score; per-task "
+                   "(--mixture full only): keep each task's expert from the epoch of its own "
+                   "best dev score, i.e. early stopping of each separate model (default: "
+                   "overall)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast (CPU AMX/AVX-512 or GPU); losses stay float32")
@@ -268,6 +273,9 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--layer-lr-decay must be in (0, 1], got {args.layer_lr_decay}")
     if not 0.0 <= args.ema < 1.0:
         parser.error(f"--ema must be in [0, 1), got {args.ema}")
+    if args.select == "per-task" and args.mixture != "full":
+        parser.error("--select per-task needs --mixture full: with a shared encoder (or shared "
+                     "LoRA base) the tasks' weights cannot be chosen from different epochs")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

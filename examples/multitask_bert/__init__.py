@@ -14,6 +14,9 @@
   gradients, gathered evaluation.
 - :mod:`multitask_bert.rng`: per-rank RNG state in checkpoints.
 - :mod:`multitask_bert.train_config`: the training loop's configuration and run state.
+- :mod:`multitask_bert.layer_decay`: per-layer learning rates.
+- :mod:`multitask_bert.weight_average`: the weight average (``--ema``).
+- :mod:`multitask_bert.selection`: which weights are kept as ``best`` (overall or per task).
 - :mod:`multitask_bert.primitives`: the wiring of the mtlkit primitives (lazy imports).
 - :mod:`multitask_bert.pipeline`: one run from parsed flags.
 """

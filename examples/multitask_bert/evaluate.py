@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -138,9 +138,21 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
 def dev_scores(preds: dict[str, Predictions]) -> dict[str, float]:
     """Per-task dev metrics plus ``overall`` (Eq. 7; a missing task is left out of it)."""
     scores = {task: p.metric() for task, p in preds.items()}
-    if all(t in scores for t in ("sst", "qqp", "sts")):
-        scores["overall"] = overall_score(scores["sst"], scores["qqp"], scores["sts"])
-    else:  # single-task runs: the mean of the normalised scores of the tasks trained
-        parts = [(v + 1) / 2 if t == "sts" else v for t, v in scores.items()]
-        scores["overall"] = sum(parts) / len(parts)
+    scores["overall"] = overall_of(scores)
     return scores
+
+
+def overall_of(scores: Mapping[str, float]) -> float:
+    """Eq. (7) from per-task scores; with fewer tasks (single-task runs), the mean of the
+    normalised scores of those present.
+
+    >>> round(overall_of({"sst": 0.5, "qqp": 0.8, "sts": 0.8}), 4)
+    0.7333
+    >>> overall_of({"sts": 0.6})
+    0.8
+    """
+    tasks = {t: v for t, v in scores.items() if t != "overall"}
+    if all(t in tasks for t in ("sst", "qqp", "sts")):
+        return overall_score(tasks["sst"], tasks["qqp"], tasks["sts"])
+    parts = [(v + 1) / 2 if t == "sts" else v for t, v in tasks.items()]
+    return sum(parts) / len(parts)

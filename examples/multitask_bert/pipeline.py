@@ -148,6 +148,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress,
         checkpoint_every=getattr(args, "checkpoint_every", 0),
         ema=getattr(args, "ema", 0.0) or 0.0, pair_swap=swap,
+        select=getattr(args, "select", "overall"),
         layer_lr_decay=getattr(args, "layer_lr_decay", 1.0))
     trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState(),
                       env)
@@ -197,6 +198,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         "preset": args.preset, "model": args.model, "device": str(device),
         "world_size": env.world,
         "best_dev": state.best_dev or final_dev, "best_epoch": state.best_epoch,
+        "best_epochs": state.best_epochs,
         "final_dev_with_best_checkpoint": final_dev,
         "history": state.history, "train_seconds": round(state.train_seconds, 2),
         "train_minutes": round(state.train_seconds / 60, 2), "global_steps": state.global_step,

@@ -7,7 +7,9 @@ one task at a time, each dataset in turn, as in the paper's baseline), sums the 
 the gradient norm, and steps AdamW (betas (0.9, 0.99), weight decay 0, as in the paper;
 optionally with per-layer learning rates, :mod:`multitask_bert.layer_decay`). With ``--ema``
 a :class:`~multitask_bert.weight_average.WeightEMA` follows every step, and the averaged
-weights are the ones evaluated, selected and saved as ``best``.
+weights are the ones evaluated, selected and saved as ``best``. With ``--select per-task``
+(one encoder per task) each task's expert is kept from its own best epoch
+(:mod:`multitask_bert.selection`).
 
 Under torchrun (see :mod:`multitask_bert.distributed`) every rank runs the same plan on its
 shard of each batch; the gradients are averaged across ranks before clipping (by PCGrad
@@ -49,6 +51,7 @@ from .primitives import (
     wrap_surgery,
 )
 from .rng import capture_rng, restore_rng
+from .selection import check_per_task, improved_tasks, merge_best, merge_scores
 from .train_config import RunState, TrainConfig
 from .weight_average import WeightEMA
 
@@ -76,6 +79,9 @@ class Trainer:
         self.env = env or DistEnv(device=device)
         self.tasks = list(train_sets)
         self.state = state or RunState()
+        if cfg.select == "per-task":
+            check_per_task(model)
+        self._best_state: dict[str, torch.Tensor] | None = None  # per-task: the merged best
         self.autocast = autocast_factory(device, cfg.bf16)
         params = [p for p in model.parameters() if p.requires_grad]
         self.params = params
@@ -235,10 +241,17 @@ class Trainer:
                 raw_scores = self.eval_fn(self.model)
                 stack.enter_context(self.ema.applied(self.model))
             scores = self.eval_fn(self.model)
-            best_weights = (self.model.state_dict() if scores["overall"] > s.best_overall
-                            else None)
-            if best_weights is not None:  # copies: the live weights come back on exit
-                best_weights = {k: v.detach().clone() for k, v in best_weights.items()}
+            best = {**s.best_dev, "overall": s.best_overall}
+            improved = improved_tasks(scores, best, self.tasks, self.cfg.select)
+            best_weights = None
+            per_task = self.cfg.select == "per-task"
+            if per_task and improved and self._best_state is None:
+                improved = list(self.tasks)  # the first weights kept: every expert's
+            if improved:  # copies: the live weights come back on exit
+                best_weights = merge_best(self._best_state if per_task else None,
+                                          self.model.state_dict(), improved)
+                if per_task:
+                    self._best_state = best_weights
         entry = {"epoch": s.epoch + 1, "partial": partial, "global_step": s.global_step,
                  "train_seconds": round(s.train_seconds, 2), "train_loss": train_loss,
                  "dev": scores, "eval_seconds": round(time.perf_counter() - t0, 2)}
@@ -248,11 +261,15 @@ class Trainer:
         logger.info("epoch %d%s dev %s", s.epoch + 1, " (partial)" if partial else "",
                     {k: round(v, 4) for k, v in scores.items()})
         if best_weights is not None:  # the same decision on every rank
-            s.best_overall, s.best_epoch, s.best_dev = scores["overall"], s.epoch + 1, scores
+            dev = merge_scores(scores, s.best_dev, improved, self.tasks) if per_task else scores
+            s.best_overall, s.best_epoch, s.best_dev = dev["overall"], s.epoch + 1, dev
+            s.best_epochs.update({t: s.epoch + 1 for t in improved})
             if self.env.is_main:
                 save_checkpoint(self.ckpt_dir / "best", best_weights,
-                                {"epoch": s.epoch + 1, "dev": scores})
-                logger.info("new best overall %.4f: saved %s", scores["overall"],
+                                {"epoch": s.epoch + 1, "dev": dev,
+                                 "task_epochs": s.best_epochs})
+                logger.info("new best overall %.4f (weights of %s from epoch %d): saved %s",
+                            dev["overall"], ", ".join(improved), s.epoch + 1,
                             self.ckpt_dir / "best")
         if not partial:
             s.epoch, s.step_in_epoch = s.epoch + 1, 0
@@ -302,6 +319,9 @@ class Trainer:
             self.ema.load_state_dict(st["ema"])
         self._mtl_state = st.get("mtlkit_loader")
         self.state = RunState(**st["run"])
+        if self.cfg.select == "per-task" and self.state.best_dev:
+            # the experts chosen so far, to merge later epochs' improvements into
+            self._best_state = load_latest(self.ckpt_dir / "best")[0]
         steps = all_gather_objects(self.state.global_step, self.env)
         if len(set(steps)) != 1:
             raise RuntimeError(f"--resume: the ranks loaded different checkpoints (steps "

@@ -33,6 +33,7 @@ class TrainConfig:
     layer_lr_decay: float = 1.0  # learning rate x decay per encoder layer going down
     ema: float = 0.0  # decay of the weight average evaluated and saved (0: off)
     pair_swap: bool = False  # train on each pair in a random order (s1, s2) or (s2, s1)
+    select: str = "overall"  # or "per-task": each expert from its own best epoch (mixtures)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("interleaved", "sequential"):
@@ -54,6 +55,8 @@ class TrainConfig:
                              f"{self.smart_mode!r}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.select not in ("overall", "per-task"):
+            raise ValueError(f"select must be 'overall' or 'per-task', got {self.select!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:
@@ -79,6 +82,7 @@ class RunState:
     best_overall: float = float("-inf")
     best_epoch: int = -1
     best_dev: dict[str, float] = field(default_factory=dict)
+    best_epochs: dict[str, int] = field(default_factory=dict)  # the epoch of each task's weights
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     loss_ema: float | None = None  # the running train loss of the current epoch

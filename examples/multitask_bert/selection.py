@@ -1,0 +1,100 @@
+"""Which weights are kept as ``best``: the best epoch overall, or each task's best expert.
+
+``--select overall`` (the default) keeps the epoch with the highest overall dev score (Eq. 7).
+``--select per-task`` is for ``--mixture full``, whose tasks share nothing trainable: each
+task has its own encoder and head, so each expert can be kept from the epoch of its own best dev
+score. That is early stopping applied to each of three independent models, and the composite's
+dev scores are exactly the per-task maxima, since a task's predictions depend on its expert
+alone. A shared encoder cannot be split this way, so the mode is refused without one encoder
+per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+
+from .evaluate import overall_of
+from .model import MultiTaskBert
+
+SELECT_MODES = ("overall", "per-task")
+
+
+def check_per_task(model: MultiTaskBert) -> None:
+    """Refuse per-task selection for a model whose tasks share trainable weights.
+
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+    ...                  num_attention_heads=2, intermediate_size=8)
+    >>> check_per_task(MultiTaskBert(BertModel(cfg), 8))
+    Traceback (most recent call last):
+    ...
+    ValueError: --select per-task needs --mixture full (one encoder per task); a shared ...
+    """
+    if model.task_encoders is None:
+        raise ValueError("--select per-task needs --mixture full (one encoder per task); a "
+                         "shared encoder cannot be chosen per task")
+
+
+def task_keys(state: Mapping[str, torch.Tensor], task: str) -> list[str]:
+    """The keys of ``state`` that belong to ``task`` alone: its encoder and its head.
+
+    >>> sorted(task_keys({"task_encoders.sst.w": 0, "heads.sst.b": 0, "heads.sts.b": 0}, "sst"))
+    ['heads.sst.b', 'task_encoders.sst.w']
+    """
+    prefixes = (f"task_encoders.{task}.", f"heads.{task}.")
+    return [k for k in state if k.startswith(prefixes)]
+
+
+def improved_tasks(scores: Mapping[str, float], best: Mapping[str, float],
+                   tasks: Sequence[str], mode: str) -> list[str]:
+    """The tasks whose weights this evaluation replaces in ``best`` (strictly better only).
+
+    >>> improved_tasks({"sst": .5, "qqp": .8, "overall": .6}, {"sst": .6, "qqp": .7,
+    ...                "overall": .65}, ["sst", "qqp"], "per-task")
+    ['qqp']
+    >>> improved_tasks({"sst": .5, "qqp": .8, "overall": .6}, {"overall": .65},
+    ...                ["sst", "qqp"], "overall")
+    []
+    """
+    if mode not in SELECT_MODES:
+        raise ValueError(f"select must be one of {SELECT_MODES}, got {mode!r}")
+    if mode == "overall":
+        return list(tasks) if scores["overall"] > best.get("overall", float("-inf")) else []
+    return [t for t in tasks if scores[t] > best.get(t, float("-inf"))]
+
+
+def merge_best(best_state: Mapping[str, torch.Tensor] | None,
+               current: Mapping[str, torch.Tensor],
+               tasks: Iterable[str]) -> dict[str, torch.Tensor]:
+    """``best_state`` with the experts of ``tasks`` replaced by copies of ``current``'s.
+
+    With no ``best_state`` yet, a copy of all of ``current``.
+
+    >>> cur = {"heads.sst.b": torch.ones(1), "heads.qqp.b": torch.ones(1)}
+    >>> old = {"heads.sst.b": torch.zeros(1), "heads.qqp.b": torch.zeros(1)}
+    >>> {k: v.item() for k, v in merge_best(old, cur, ["qqp"]).items()}
+    {'heads.sst.b': 0.0, 'heads.qqp.b': 1.0}
+    """
+    if best_state is None:
+        return {k: v.detach().clone() for k, v in current.items()}
+    merged = dict(best_state)
+    for task in tasks:
+        for k in task_keys(current, task):
+            merged[k] = current[k].detach().clone()
+    return merged
+
+
+def merge_scores(scores: Mapping[str, float], best: Mapping[str, float],
+                 improved: Iterable[str], tasks: Sequence[str]) -> dict[str, float]:
+    """Per-task dev scores of the merged weights, and their overall score.
+
+    >>> merge_scores({"sst": .5, "qqp": .9}, {"sst": .6, "qqp": .8, "overall": .7},
+    ...              ["qqp"], ["sst", "qqp"])
+    {'sst': 0.6, 'qqp': 0.9, 'overall': 0.75}
+    """
+    improved = set(improved)
+    merged = {t: (scores[t] if t in improved else best[t]) for t in tasks}
+    merged["overall"] = overall_of(merged)
+    return merged
