@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multitask_bert import TASKS
 from multitask_bert.model import DEFAULT_MODEL
 from multitask_bert.presets import PRESETS, describe
+from multitask_bert.train_config import SELECT_MODES
 
 logger = logging.getLogger("bert_sst_qqp_sts")
 
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate, select and save an exponential moving average of the "
                    "weights with this decay, e.g. 0.999 (default 0: off); the raw weights' dev "
                    "scores go into the history beside them")
-    g.add_argument("--select", choices=["overall", "per-task"], default="overall",
+    g.add_argument("--select", choices=SELECT_MODES, default="overall",
                    help="overall: keep the epoch with the best overall dev score; per-task "
                    "(--mixture full only): keep each task's expert from the epoch of its own "
                    "best dev score, i.e. early stopping of each separate model (default: "

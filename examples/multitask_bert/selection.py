@@ -17,8 +17,7 @@ import torch
 
 from .evaluate import overall_of
 from .model import MultiTaskBert
-
-SELECT_MODES = ("overall", "per-task")
+from .train_config import SELECT_MODES
 
 
 def check_per_task(model: MultiTaskBert) -> None:
@@ -51,6 +50,9 @@ def improved_tasks(scores: Mapping[str, float], best: Mapping[str, float],
                    tasks: Sequence[str], mode: str) -> list[str]:
     """The tasks whose weights this evaluation replaces in ``best`` (strictly better only).
 
+    Per task, the first evaluation keeps every task's weights, even one whose score is NaN,
+    so the kept weights always match the kept scores.
+
     >>> improved_tasks({"sst": .5, "qqp": .8, "overall": .6}, {"sst": .6, "qqp": .7,
     ...                "overall": .65}, ["sst", "qqp"], "per-task")
     ['qqp']
@@ -62,7 +64,9 @@ def improved_tasks(scores: Mapping[str, float], best: Mapping[str, float],
         raise ValueError(f"select must be one of {SELECT_MODES}, got {mode!r}")
     if mode == "overall":
         return list(tasks) if scores["overall"] > best.get("overall", float("-inf")) else []
-    return [t for t in tasks if scores[t] > best.get(t, float("-inf"))]
+    if not any(t in best for t in tasks):
+        return list(tasks)
+    return [t for t in tasks if scores[t] > best[t]]
 
 
 def merge_best(best_state: Mapping[str, torch.Tensor] | None,

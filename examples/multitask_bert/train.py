@@ -245,8 +245,6 @@ class Trainer:
             improved = improved_tasks(scores, best, self.tasks, self.cfg.select)
             best_weights = None
             per_task = self.cfg.select == "per-task"
-            if per_task and improved and self._best_state is None:
-                improved = list(self.tasks)  # the first weights kept: every expert's
             if improved:  # copies: the live weights come back on exit
                 best_weights = merge_best(self._best_state if per_task else None,
                                           self.model.state_dict(), improved)

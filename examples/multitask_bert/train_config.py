@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+SELECT_MODES = ("overall", "per-task")  # which weights are kept as best (see selection.py)
+
 
 @dataclass
 class TrainConfig:
@@ -55,8 +57,8 @@ class TrainConfig:
                              f"{self.smart_mode!r}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
-        if self.select not in ("overall", "per-task"):
-            raise ValueError(f"select must be 'overall' or 'per-task', got {self.select!r}")
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"select must be one of {SELECT_MODES}, got {self.select!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or self.clip_norm < 0 or self.smart_weight < 0:

@@ -32,8 +32,6 @@ def test_per_task_fold_keeps_each_tasks_argmax_epoch(rows: list[tuple[float, ...
         scores = dict(zip(TASKS, row, strict=True))
         scores["overall"] = overall_of(scores)
         improved = improved_tasks(scores, best, TASKS, "per-task")
-        if improved and best_state is None:
-            improved = list(TASKS)
         if improved:
             best_state = merge_best(best_state, _state(epoch), improved)
             best = merge_scores(scores, best, improved, TASKS)
