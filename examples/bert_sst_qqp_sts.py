@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from multitask_bert import TASKS
 from multitask_bert.model import DEFAULT_MODEL
+from multitask_bert.pair_features import PAIR_FEATURES
 from multitask_bert.presets import PRESETS, describe
 from multitask_bert.train_config import SELECT_MODES
 
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--symmetric-eval", action="store_true",
                    help="predict QQP/STS pairs from the average of both orders' outputs "
                    "(cross encoding only; doubles their prediction cost, not training's)")
+    g.add_argument("--pair-feature", choices=PAIR_FEATURES, default="none",
+                   help="cosine: give the QQP and STS heads the cosine similarity of the two "
+                   "sentences under the frozen pretrained encoder (mean pooling, as a "
+                   "sentence-transformers model is used), computed once before training and "
+                   "counted in its time; each head's weight on it starts from a fit on the "
+                   "training set (default: none)")
     g.add_argument("--ema", type=float, default=0.0,
                    help="evaluate, select and save an exponential moving average of the "
                    "weights with this decay, e.g. 0.999 (default 0: off); the raw weights' dev "
@@ -277,6 +284,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if args.select == "per-task" and args.mixture != "full":
         parser.error("--select per-task needs --mixture full: with a shared encoder (or shared "
                      "LoRA base) the tasks' weights cannot be chosen from different epochs")
+    if args.pair_feature != "none" and not {"qqp", "sts"} & set(args.tasks):
+        parser.error("--pair-feature feeds the QQP and STS heads; --tasks has neither")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

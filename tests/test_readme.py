@@ -28,15 +28,20 @@ def test_readme_main_command_parses(monkeypatch, tmp_path):
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"),
                                  flags=re.S))
     lines = [ln for ln in bash.splitlines()
-             if "examples/bert_sst_qqp_sts.py" in ln and not ln.lstrip().startswith("#")]
-    assert lines, "README.md has no command running examples/bert_sst_qqp_sts.py"
+             if re.search(r"examples/(bert_sst_qqp_sts|ensemble)\.py", ln)
+             and not ln.lstrip().startswith("#")]
+    assert lines, "README.md has no command running the reference pipeline"
     import bert_sst_qqp_sts as cli
+    import ensemble
 
     for line in lines:
         words = shlex.split(line)
-        argv = words[words.index(next(w for w in words if w.endswith("bert_sst_qqp_sts.py")))
-                     + 1:]
+        script = next(w for w in words if w.endswith(("bert_sst_qqp_sts.py", "ensemble.py")))
+        argv = words[words.index(script) + 1:]
         argv = argv[:argv.index("&&")] if "&&" in argv else argv
+        if script.endswith("ensemble.py"):  # the driver's flags, then one member's
+            driver_args, argv = ensemble.parse_args(argv)
+            argv = [*argv, "--out", driver_args.out]
         args = cli.parse_args(argv)
         assert args.data_dir == str(tmp_path)
     assert "bert_sst_qqp_sts" in sys.modules

@@ -264,6 +264,21 @@ class TokenizedTask(Dataset):
                 self.fields["token_type_ids_2"] = enc2["token_type_ids"]
         self.lengths = [sum(len(self.fields[k][i]) for k in self.fields if k.startswith("input"))
                         for i in range(len(split))]
+        self.features: list[float] | None = None  # one scalar per row, see set_features
+
+    def set_features(self, values: Sequence[float]) -> None:
+        """Attach one scalar per row (``--pair-feature``); batches then carry ``pair_feature``.
+
+        A swapped item (``both_orders``) gets its row's value: the features are symmetric.
+
+        Raises:
+            ValueError: not one value per row.
+        """
+        values = [float(v) for v in values]
+        if len(values) != len(self.split):
+            raise ValueError(f"{self.task} {self.split.split}: {len(values)} feature values for "
+                             f"{len(self.split)} rows")
+        self.features = values
 
     def __len__(self) -> int:
         return len(self.split)
@@ -280,6 +295,8 @@ class TokenizedTask(Dataset):
             i, fields = i - n, self.swapped
         item: dict[str, Any] = {k: v[i] for k, v in fields.items()}
         item["index"] = i
+        if self.features is not None:
+            item["pair_feature"] = self.features[i]
         if self.split.labels is not None:
             item["label"] = self.split.labels[i]
         return item
@@ -317,6 +334,9 @@ def collate(items: list[dict[str, Any]], pad_id: int, task: str,
             types[r, :n] = torch.tensor(it["token_type_ids" + suffix])
             mask[r, :n] = 1
         out[key], out["token_type_ids" + suffix], out["attention_mask" + suffix] = ids, types, mask
+    if "pair_feature" in items[0]:
+        out["pair_feature"] = torch.tensor([it["pair_feature"] for it in items],
+                                           dtype=torch.float32)
     if "label" in items[0]:
         dtype = torch.long if task == "sst" else torch.float32
         out["labels"] = torch.tensor([it["label"] for it in items], dtype=dtype)

@@ -77,21 +77,11 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
-                  device: torch.device, bf16: bool = False,
-                  env: DistEnv | None = None, symmetric: bool = False) -> Predictions:
-    """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order).
-
-    ``symmetric=True`` (a dataset tokenized with both orders of each pair, see
-    :class:`~multitask_bert.data.TokenizedTask`): the model's outputs for ``s1, s2`` and
-    ``s2, s1`` are averaged before the prediction is made (QQP logits, STS scores). Without
-    both orders it is ignored.
-
-    Under torchrun (``env.world > 1``) each rank predicts every ``world``-th row of the
-    length-sorted order and the ranks' rows are all-gathered, so every rank returns the
-    predictions of every row, in file order.
-    """
-    env = env or DistEnv(device=device)
+def _rank_outputs(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
+                  device: torch.device, bf16: bool, env: DistEnv,
+                  symmetric: bool) -> dict[int, torch.Tensor]:
+    """This rank's rows of ``ds`` (every ``world``-th of the length-sorted order): row index to
+    the model's float32 output on CPU, averaged over both orders when ``symmetric``."""
     was_training = model.training
     model.eval()
     n = len(ds)
@@ -117,11 +107,44 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
                     outputs[i] = o if i not in outputs else outputs[i] + o
     finally:
         model.train(was_training)
+    return {i: o / len(offsets) for i, o in outputs.items()}
+
+
+def model_outputs(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
+                  device: torch.device, bf16: bool = False,
+                  symmetric: bool = False) -> torch.Tensor:
+    """The model's raw outputs for every row of ``ds``, in file order, one process: SST logits
+    ``(n, 5)``, the QQP logit or the STS score ``(n,)`` (both orders averaged when
+    ``symmetric``, as in :func:`predict_split`). :func:`~multitask_bert.model.predict` turns
+    them into predictions; :mod:`~multitask_bert.ensemble` averages several models' outputs.
+    """
+    outputs = _rank_outputs(model, ds, batch_size, device, bf16, DistEnv(device=device),
+                            symmetric)
+    return torch.stack([outputs[i] for i in range(len(ds))])
+
+
+def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
+                  device: torch.device, bf16: bool = False,
+                  env: DistEnv | None = None, symmetric: bool = False) -> Predictions:
+    """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order).
+
+    ``symmetric=True`` (a dataset tokenized with both orders of each pair, see
+    :class:`~multitask_bert.data.TokenizedTask`): the model's outputs for ``s1, s2`` and
+    ``s2, s1`` are averaged before the prediction is made (QQP logits, STS scores). Without
+    both orders it is ignored.
+
+    Under torchrun (``env.world > 1``) each rank predicts every ``world``-th row of the
+    length-sorted order and the ranks' rows are all-gathered, so every rank returns the
+    predictions of every row, in file order.
+    """
+    env = env or DistEnv(device=device)
+    outputs = _rank_outputs(model, ds, batch_size, device, bf16, env, symmetric)
     rows: list[tuple[int, float, float]] = []
     if outputs:
         idx = list(outputs)
-        p, c = predict(ds.task, torch.stack([outputs[i] for i in idx]) / len(offsets))
+        p, c = predict(ds.task, torch.stack([outputs[i] for i in idx]))
         rows = list(zip(idx, p.tolist(), c.tolist(), strict=True))
+    n = len(ds)
     pred: list[float] = [0.0] * n
     conf: list[float] = [0.0] * n
     seen = 0

@@ -89,6 +89,43 @@ def _hidden_states(out: Any) -> torch.Tensor:
     return out[0]
 
 
+class FeatureHead(nn.Module):
+    """A pair head with one extra scalar input: ``linear(z) + weight * feature``.
+
+    The feature term is computed in float32 even under bfloat16 autocast (the cosine needs more
+    than bfloat16's three significant digits). Its parameters live under the head's name, so
+    checkpoints and ``--select per-task`` treat them as the head's.
+
+    Args:
+        in_features: the size of the pooled embedding ``z``.
+
+    >>> h = FeatureHead(4)
+    >>> h.set_feature_fit(2.0, 0.5)
+    >>> with torch.no_grad():
+    ...     _ = h.linear.weight.zero_()
+    >>> h(torch.ones(3, 4), torch.tensor([0.0, 1.0, 0.25])).tolist()
+    [0.5, 2.5, 1.0]
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 1)
+        self.feature_weight = nn.Parameter(torch.zeros(1))
+
+    def set_feature_fit(self, weight: float, intercept: float) -> None:
+        """Start from the fitted one-feature predictor: its weight, and its intercept as bias."""
+        with torch.no_grad():
+            self.feature_weight.fill_(weight)
+            self.linear.bias.fill_(intercept)
+
+    def forward(self, z: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` outputs from embeddings ``(B, in_features)`` and features ``(B,)``."""
+        if feature.shape != z.shape[:1]:
+            raise ValueError(f"pair feature of shape {tuple(feature.shape)} for a batch of "
+                             f"{z.shape[0]} rows")
+        return self.linear(z).squeeze(-1).float() + self.feature_weight.float() * feature.float()
+
+
 class MultiTaskBert(nn.Module):
     """A BERT encoder shared by (or, for mixtures, one per) task, plus the task heads.
 
@@ -101,6 +138,8 @@ class MultiTaskBert(nn.Module):
         task_encoders: for the ``ce-mixture`` presets, one full encoder per task
             (``encoder`` is then unused and may be ``None``).
         routed: True when ``encoder`` is a LoRAMoE called as ``encoder(task=..., ...)``.
+        pair_feature: give the QQP and STS heads one extra scalar input per pair, the batch's
+            ``pair_feature`` (a :class:`FeatureHead` each; see ``--pair-feature``).
 
     >>> from transformers import BertConfig, BertModel
     >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
@@ -114,7 +153,8 @@ class MultiTaskBert(nn.Module):
 
     def __init__(self, encoder: nn.Module | None, hidden_size: int, encoding: str = "cross",
                  dropout: float = 0.3, pooling: str = "cls",
-                 task_encoders: dict[str, nn.Module] | None = None, routed: bool = False) -> None:
+                 task_encoders: dict[str, nn.Module] | None = None, routed: bool = False,
+                 pair_feature: bool = False) -> None:
         super().__init__()
         if encoding not in ("cross", "separate"):
             raise ValueError(f"encoding must be 'cross' or 'separate', got {encoding!r}")
@@ -129,8 +169,13 @@ class MultiTaskBert(nn.Module):
         self.encoding, self.pooling, self.routed = encoding, pooling, routed
         self.dropout = nn.Dropout(dropout)
         pair_in = hidden_size if encoding == "cross" else 2 * hidden_size
+        self.pair_feature = pair_feature
+
+        def pair_head() -> nn.Module:
+            return FeatureHead(pair_in) if pair_feature else nn.Linear(pair_in, 1)
+
         self.heads = nn.ModuleDict({"sst": nn.Linear(hidden_size, NUM_SST_CLASSES),
-                                    "qqp": nn.Linear(pair_in, 1), "sts": nn.Linear(pair_in, 1)})
+                                    "qqp": pair_head(), "sts": pair_head()})
 
     def encoder_for(self, task: str) -> nn.Module:
         """The module that encodes ``task``'s inputs."""
@@ -182,8 +227,15 @@ class MultiTaskBert(nn.Module):
         z = self.embed(task, batch, inputs_embeds=inputs_embeds)
         if task != "sst" and self.encoding == "separate":
             z = torch.cat([z, self.embed(task, batch, suffix="_2")], dim=-1)
-        out = self.heads[task](self.dropout(z))
-        return out if task == "sst" else out.squeeze(-1)
+        z = self.dropout(z)
+        if task == "sst":
+            return self.heads[task](z)
+        if self.pair_feature:
+            if "pair_feature" not in batch:
+                raise ValueError(f"{task}: the model was built with pair_feature=True but the "
+                                 "batch has no 'pair_feature' (see TokenizedTask.set_features)")
+            return self.heads[task](z, batch["pair_feature"])
+        return self.heads[task](z).squeeze(-1)
 
 
 def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 
 from .checkpoint import load_latest
-from .data import FILES, TaskSplit, TokenCache, read_split, resolve_path, subsample
+from .data import (
+    FILES,
+    PAIR_TASKS,
+    TaskSplit,
+    TokenCache,
+    TokenizedTask,
+    read_split,
+    resolve_path,
+    subsample,
+)
 from .distributed import (
     DistEnv,
     broadcast_module,
@@ -30,6 +39,7 @@ from .distributed import (
 )
 from .evaluate import Predictions, dev_scores, predict_split
 from .model import MultiTaskBert, load_backbone
+from .pair_features import CosineFeatures, fit_feature_heads
 from .primitives import build_lora_moe, contrastive_stage
 from .report import errors_markdown, qqp_rates, write_metrics, write_plots, write_predictions
 from .train import RunState, TrainConfig, Trainer, autocast_factory
@@ -67,7 +77,8 @@ def build_model(args: argparse.Namespace) -> tuple[MultiTaskBert, Any]:
     """The model for ``args.mixture`` (none / full / lora) and the tokenizer."""
     encoder, tokenizer = load_backbone(args.model, args.encoder_dropout)
     hidden = encoder.config.hidden_size
-    kw = {"encoding": args.encoding, "dropout": args.dropout, "pooling": args.pooling}
+    kw = {"encoding": args.encoding, "dropout": args.dropout, "pooling": args.pooling,
+          "pair_feature": getattr(args, "pair_feature", "none") != "none"}
     if args.mixture == "full":
         encoders = {args.tasks[0]: encoder}
         for task in args.tasks[1:]:
@@ -131,6 +142,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t), sym) for t in args.tasks}
     logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in train_sets.items()},
                 time.perf_counter() - t0)
+    feature_seconds = attach_pair_features(args, model, splits, cache, train_sets, dev_sets,
+                                           device)
     eval_bs = args.eval_batch_size or 4 * args.batch_size
 
     def eval_fn(m: MultiTaskBert) -> dict[str, float]:
@@ -154,6 +167,10 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
                       env)
     if args.resume and not trainer.load_last():
         logger.warning("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
+    if feature_seconds is not None and "pair_feature_seconds" not in trainer.state.extra:
+        # the training sets' features are training compute (a resumed run counted them)
+        trainer.state.extra["pair_feature_seconds"] = round(feature_seconds, 2)
+        trainer.state.train_seconds += feature_seconds
     if args.contrastive and not trainer.state.extra.get("contrastive_done"):
         t0 = time.perf_counter()
         trainer.state.extra["contrastive_loss"] = contrastive_stage(
@@ -216,6 +233,36 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
                 {k: round(v, 4) for k, v in metrics["best_dev"].items()}, state.best_epoch,
                 state.train_seconds / 60, out)
     return metrics
+
+
+def attach_pair_features(args: argparse.Namespace, model: MultiTaskBert,
+                         splits: dict[str, dict[str, TaskSplit]], cache: TokenCache,
+                         train_sets: dict[str, TokenizedTask], dev_sets: dict[str, TokenizedTask],
+                         device: torch.device) -> float | None:
+    """``--pair-feature cosine``: attach the frozen encoder's cosines to every pair split and
+    start the pair heads from their fit on the training sets.
+
+    Returns the seconds spent on the training sets (training compute), or None when off. The
+    dev and test sets' cosines are prediction work, like evaluation, and are not counted.
+    """
+    if getattr(args, "pair_feature", "none") == "none":
+        return None
+    pair_tasks = [t for t in args.tasks if t in PAIR_TASKS]
+    t0 = time.perf_counter()
+    features = CosineFeatures(args.model, device, args.bf16, args.max_length)
+    for t in pair_tasks:
+        features.attach(train_sets[t])
+    fit_feature_heads(model, {t: train_sets[t] for t in pair_tasks})
+    seconds = time.perf_counter() - t0
+    for t in pair_tasks:
+        features.attach(dev_sets[t])
+        if t in splits["test"]:
+            features.attach(cache.get(splits["test"][t], _mode(args, t),
+                                      getattr(args, "symmetric_eval", False)))
+    features.close()
+    logger.info("pair cosine features in %.1f s (%.1f s of them on the training sets)",
+                time.perf_counter() - t0, seconds)
+    return seconds
 
 
 def _mode(args: argparse.Namespace, task: str) -> str:

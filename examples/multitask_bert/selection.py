@@ -3,8 +3,9 @@
 ``--select overall`` (the default) keeps the epoch with the highest overall dev score (Eq. 7).
 ``--select per-task`` is for ``--mixture full``, whose tasks share nothing trainable: each
 task has its own encoder and head, so each expert can be kept from the epoch of its own best dev
-score. That is early stopping applied to each of three independent models, and the composite's
-dev scores are exactly the per-task maxima, since a task's predictions depend on its expert
+score. That is early stopping applied to each of three models (which are independent but for
+``--clip-norm``: one gradient norm over all parameters scales every expert's step), and the
+composite's dev scores are exactly the per-task maxima, since a task's predictions depend on its expert
 alone. A shared encoder cannot be split this way, so the mode is refused without one encoder
 per task.
 """
