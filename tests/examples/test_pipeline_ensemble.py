@@ -101,7 +101,7 @@ def test_ensemble_of_trained_members(tiny_model_dir: Path, data_dir: Path,
                 want = float((a[i] + b[i]) / 2 > 0)
             else:
                 want = float(((a[i] + b[i]) / 2).clamp(0, 5))
-            assert got[row_id] == pytest.approx(want, abs=1e-5), (task, row_id)
+            assert got[row_id] == pytest.approx(want, abs=6e-5), (task, row_id)  # 4 decimals
     assert set(m["best_dev"]) == {"sst", "qqp", "sts", "overall"}
     assert (out / "errors.md").is_file()
     assert (out / "predictions" / "sts-test.csv").is_file()
