@@ -8,7 +8,9 @@ default 0), each with ``--budget-minutes / N`` training minutes, into ``OUT/memb
 best checkpoints are run over every dev and test set and their outputs averaged (SST-5
 probabilities, QQP logits, STS-B scores; see ``multitask_bert/ensemble.py``), and OUT gets what
 a single run writes: ``metrics.json`` (``best_dev`` of the ensemble, the members, and
-``train_seconds``, the sum of theirs), ``predictions/``, ``plots/`` and ``errors.md``.
+``train_seconds``, the sum of theirs: running the members over the dev and test sets is
+prediction work and is not counted, as a single run's evaluation is not), ``predictions/``,
+``plots/`` and ``errors.md``.
 
 Examples::
 
