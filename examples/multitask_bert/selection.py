@@ -5,9 +5,9 @@
 task has its own encoder and head, so each expert can be kept from the epoch of its own best dev
 score. That is early stopping applied to each of three models (which are independent but for
 ``--clip-norm``: one gradient norm over all parameters scales every expert's step), and the
-composite's dev scores are exactly the per-task maxima, since a task's predictions depend on its expert
-alone. A shared encoder cannot be split this way, so the mode is refused without one encoder
-per task.
+composite's dev scores are exactly the per-task maxima, since a task's predictions depend on
+its expert alone. A shared encoder cannot be split this way, so the mode is refused without
+one encoder per task.
 """
 
 from __future__ import annotations
