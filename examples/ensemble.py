@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --members: training minutes shared equally by the members "
                    "(each run's --max-train-minutes)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--data-dir", default=os.environ.get("MTLKIT_DATA_DIR"),
-                   help="the CS224N CSV files (default: $MTLKIT_DATA_DIR, else the first "
-                   "member's)")
+    p.add_argument("--data-dir", default=None,
+                   help="the CS224N CSV files to predict (default: the first member's, i.e. "
+                   "the data it was trained and evaluated on)")
     p.add_argument("--device", default="cpu", help="where to run the members' predictions")
     p.add_argument("--resume", action="store_true",
                    help="with --members: keep the members that finished, continue the others "

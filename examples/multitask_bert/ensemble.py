@@ -38,7 +38,7 @@ def combine_outputs(task: str, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 
     >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     >>> combine_outputs("sst", [a, b]).exp()  # the mean of the two softmaxes
-    tensor([[0.5038, 0.4962]])
+    tensor([[0.5749, 0.4251]])
     >>> combine_outputs("qqp", [torch.tensor([1.0]), torch.tensor([-3.0])])
     tensor([-1.])
 
