@@ -114,12 +114,13 @@ def test_ensemble_of_trained_members(tiny_model_dir: Path, data_dir: Path,
     assert again["best_dev"] == m["best_dev"]
 
 
+@pytest.mark.parametrize("extra", [[], ["--pair-feature", "cosine"]])
 def test_one_member_ensemble_reproduces_its_run(tiny_model_dir: Path, data_dir: Path,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, extra: list[str]) -> None:
     import bert_sst_qqp_sts as cli
 
     run = cli.main([*_tiny_flags(tiny_model_dir, data_dir), "--select", "per-task",
-                    "--epochs", "2", "--out", str(tmp_path / "run")])
+                    "--epochs", "2", *extra, "--out", str(tmp_path / "run")])
     m = driver.main(["--runs", str(tmp_path / "run"), "--out", str(tmp_path / "ens")])
     assert m["best_dev"] == pytest.approx(run["final_dev_with_best_checkpoint"], abs=1e-6)
     for name in ("sst-dev", "qqp-dev", "sts-dev", "sst-test", "sts-test"):
