@@ -32,9 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bert_sst_qqp_sts as cli
-from multitask_bert.data import FILES, read_split
+from multitask_bert.data import read_split
 from multitask_bert.ensemble import Member, ensemble_predictions
 from multitask_bert.evaluate import dev_scores
+from multitask_bert.pipeline import read_test_split
 from multitask_bert.report import (
     atomic_write_text,
     errors_markdown,
@@ -138,11 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     missing: list[str] = []
     for t in tasks:
         splits["dev"][t] = read_split(data_dir, t, "dev")
-        try:
-            splits["test"][t] = read_split(data_dir, t, "test")
-        except FileNotFoundError as exc:
-            logger.warning("%s; no %s test predictions will be written", exc, t)
-            missing.extend(str(Path(data_dir) / n) for n in FILES[(t, "test")])
+        test = read_test_split(data_dir, t, missing)
+        if test is not None:
+            splits["test"][t] = test
     preds = ensemble_predictions(members, splits, torch.device(args.device))
     out = Path(args.out)
     for (t, s), p in preds.items():

@@ -28,7 +28,7 @@ from .data import TaskSplit, TokenCache, TokenizedTask
 from .evaluate import Predictions, model_outputs
 from .model import predict
 from .pair_features import CosineFeatures
-from .pipeline import build_model
+from .pipeline import build_model, token_mode
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +100,8 @@ class Member:
         model.to(device)
         cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
         symmetric = bool(self.config.get("symmetric_eval"))
-        mode = "cross" if args.encoding == "cross" else "separate"
         sets: dict[tuple[str, str], TokenizedTask] = {
-            (t, s): cache.get(splits[s][t], mode, symmetric)
+            (t, s): cache.get(splits[s][t], token_mode(args), symmetric)
             for s in splits for t in self.config["tasks"] if t in splits[s]}
         if self.config.get("pair_feature", "none") != "none":
             features = CosineFeatures(args.model, device, args.bf16, args.max_length)

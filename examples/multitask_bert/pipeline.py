@@ -61,16 +61,31 @@ def load_splits(args: argparse.Namespace) -> tuple[dict[str, dict[str, TaskSplit
     for task in args.tasks:
         for split in ("train", "dev"):
             out[split][task] = read_split(args.data_dir, task, split)
-        try:
-            out["test"][task] = read_split(args.data_dir, task, "test")
-        except FileNotFoundError as exc:
-            logger.warning("%s; no %s test predictions will be written", exc, task)
-            missing.extend(str(Path(args.data_dir) / n) for n in FILES[(task, "test")])
+        test = read_test_split(args.data_dir, task, missing)
+        if test is not None:
+            out["test"][task] = test
         out["train"][task] = subsample(out["train"][task], args.max_train_per_task, args.seed)
         out["dev"][task] = subsample(out["dev"][task], args.max_eval_per_task, args.seed)
         if task in out["test"]:
             out["test"][task] = subsample(out["test"][task], args.max_eval_per_task, args.seed)
     return out, missing
+
+
+def read_test_split(data_dir: str | Path, task: str, missing: list[str]) -> TaskSplit | None:
+    """``task``'s test split, or None with a warning and its expected paths added to
+    ``missing`` (the data set lacks some test files, e.g. Quora's).
+
+    >>> import tempfile
+    >>> missing = []
+    >>> read_test_split(tempfile.mkdtemp(), "sts", missing), Path(missing[0]).name
+    (None, 'sts-test-student.csv')
+    """
+    try:
+        return read_split(data_dir, task, "test")
+    except FileNotFoundError as exc:
+        logger.warning("%s; no %s test predictions will be written", exc, task)
+        missing.extend(str(Path(data_dir) / n) for n in FILES[(task, "test")])
+        return None
 
 
 def build_model(args: argparse.Namespace) -> tuple[MultiTaskBert, Any]:
@@ -138,8 +153,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
     t0 = time.perf_counter()
     swap, sym = getattr(args, "pair_swap", False), getattr(args, "symmetric_eval", False)
-    train_sets = {t: cache.get(splits["train"][t], _mode(args, t), swap) for t in args.tasks}
-    dev_sets = {t: cache.get(splits["dev"][t], _mode(args, t), sym) for t in args.tasks}
+    train_sets = {t: cache.get(splits["train"][t], token_mode(args), swap) for t in args.tasks}
+    dev_sets = {t: cache.get(splits["dev"][t], token_mode(args), sym) for t in args.tasks}
     logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in train_sets.items()},
                 time.perf_counter() - t0)
     feature_seconds = attach_pair_features(args, model, splits, cache, train_sets, dev_sets,
@@ -201,7 +216,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         if main:
             write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
         if t in splits["test"]:
-            ds = cache.get(splits["test"][t], _mode(args, t), sym)
+            ds = cache.get(splits["test"][t], token_mode(args), sym)
             test_preds = predict_split(model, ds, eval_bs, device, args.bf16, env, sym)
             if main:
                 write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
@@ -257,7 +272,7 @@ def attach_pair_features(args: argparse.Namespace, model: MultiTaskBert,
     for t in pair_tasks:
         features.attach(dev_sets[t])
         if t in splits["test"]:
-            features.attach(cache.get(splits["test"][t], _mode(args, t),
+            features.attach(cache.get(splits["test"][t], token_mode(args),
                                       getattr(args, "symmetric_eval", False)))
     features.close()
     logger.info("pair cosine features in %.1f s (%.1f s of them on the training sets)",
@@ -265,5 +280,10 @@ def attach_pair_features(args: argparse.Namespace, model: MultiTaskBert,
     return seconds
 
 
-def _mode(args: argparse.Namespace, task: str) -> str:
+def token_mode(args: argparse.Namespace) -> str:
+    """How :class:`~multitask_bert.data.TokenizedTask` tokenizes pairs for ``--encoding``.
+
+    >>> token_mode(argparse.Namespace(encoding="separate"))
+    'separate'
+    """
     return "cross" if args.encoding == "cross" else "separate"
