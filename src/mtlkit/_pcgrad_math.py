@@ -62,7 +62,9 @@ class SurgeryStats:
         tasks: Task names, in the order of the rows and columns below.
         cosine: T x T cosine similarities of the task gradients over the shared parameters
             (0 where a gradient has zero norm).
-        num_conflicts: Number of task pairs whose gradients have a negative dot product.
+        num_conflicts: Number of task pairs whose gradients have a negative dot product
+            (a gradient of zero norm, or one whose squared norm underflows to 0, conflicts
+            with none).
         weights: The combination weights ``w`` (combined gradient ``w^T J``), reduction applied.
         finite: False when a gradient was not finite; surgery was then skipped and the plain
             sum written, so that a ``GradScaler`` sees the overflow and skips the step.
