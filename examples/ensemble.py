@@ -3,20 +3,27 @@
 
 With ``--members N``, the flags after ``--`` are one run of ``bert_sst_qqp_sts.py`` (the
 recipe); it is trained N times, at seeds ``SEED, SEED + 1, ...`` (``--seed`` of the recipe,
-default 0), each with ``--budget-minutes / N`` training minutes, into ``OUT/member-K``. With
-``--runs DIR ...`` the given finished runs are combined as they are. Either way the members'
-best checkpoints are run over every dev and test set and their outputs averaged (SST-5
-probabilities, QQP logits, STS-B scores; see ``multitask_bert/ensemble.py``), and OUT gets what
-a single run writes: ``metrics.json`` (``best_dev`` of the ensemble, the members, and
-``train_seconds``, the sum of theirs: running the members over the dev and test sets is
-prediction work and is not counted, as a single run's evaluation is not), ``predictions/``,
-``plots/`` and ``errors.md``.
+default 0), each with ``--budget-minutes / N`` training minutes, into ``OUT/member-K``. Several
+recipes, each after its own ``--``, take one count each (``--members 1 4``) and, if budgeted,
+one budget each (``--budget-minutes 14 16``): the members need not be alike, e.g. one model of
+the pair tasks and four of SST-5 (``--tasks``), whose single models peak early and gain most
+from averaging. With ``--runs DIR ...`` the given finished runs are combined as they are.
+Either way the members' best checkpoints are run over every dev and test set and, per task,
+the outputs of the members trained on it averaged (SST-5 probabilities, QQP logits, STS-B
+scores; see ``multitask_bert/ensemble.py``), and OUT gets what a single run writes:
+``metrics.json`` (``best_dev`` of the ensemble, the members, and ``train_seconds``, the sum of
+theirs: running the members over the dev and test sets is prediction work and is not counted,
+as a single run's evaluation is not), ``predictions/``, ``plots/`` and ``errors.md``.
 
 Examples::
 
     # two members of a recipe at seeds 0 and 1, 15 training minutes each
     python examples/ensemble.py --members 2 --budget-minutes 30 --out runs/ens -- \\
         --preset ce-mixture-clip --bf16 --pooling mean --lr 8e-5 --lr-schedule linear
+    # one model of Quora and STS-B, and three of SST-5 at seeds 0, 1, 2
+    python examples/ensemble.py --members 1 3 --out runs/uneven -- \\
+        --preset ce-mixture-clip --tasks qqp,sts --epochs 2 -- \\
+        --preset ce-mixture-clip --tasks sst --epochs 2
     # combine two finished runs
     python examples/ensemble.py --runs runs/G runs/I --out runs/G+I
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +59,31 @@ logger = logging.getLogger("ensemble")
 RESERVED = ("--out", "--resume", "--max-train-minutes")
 
 
+@dataclass
+class Recipe:
+    """One recipe of an ensemble: the flags of its runs, how many, and their shared budget."""
+
+    flags: list[str]
+    members: int
+    budget_minutes: float | None = None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags of this driver (the members' flags come after ``--``)."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        usage="%(prog)s (--members N [--budget-minutes M] -- RUN FLAGS | --runs DIR ...) "
-              "--out DIR")
+        usage="%(prog)s (--members N [N ...] [--budget-minutes M [M ...]] -- RUN FLAGS "
+              "[-- RUN FLAGS ...] | --runs DIR ...) --out DIR")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--members", type=cli._positive_int,
+    what.add_argument("--members", type=cli._positive_int, nargs="+", metavar="N",
                       help="train this many runs of the flags after '--', at seeds SEED, "
-                      "SEED + 1, ...")
+                      "SEED + 1, ...; one count per recipe when several recipes follow, "
+                      "each after its own '--'")
     what.add_argument("--runs", nargs="+", metavar="DIR",
                       help="combine these finished runs (their directories)")
-    p.add_argument("--budget-minutes", type=float, default=None,
-                   help="with --members: training minutes shared equally by the members "
-                   "(each run's --max-train-minutes)")
+    p.add_argument("--budget-minutes", type=float, nargs="+", default=None, metavar="M",
+                   help="with --members: training minutes shared equally by a recipe's "
+                   "members (each run's --max-train-minutes); one per recipe")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data-dir", default=None,
                    help="the CS224N CSV files to predict (default: the first member's, i.e. "
@@ -81,56 +99,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """``(driver flags, member flags)``; the member flags are those after ``--``."""
+def _split_on_dashes(argv: list[str]) -> list[list[str]]:
+    """``argv`` cut at every ``--``: the driver's flags, then one list per recipe."""
+    parts: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "--":
+            parts.append([])
+        else:
+            parts[-1].append(arg)
+    return parts
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Recipe]]:
+    """``(driver flags, recipes)``; each recipe's flags are those after one ``--``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    split = argv.index("--") if "--" in argv else len(argv)
+    own, *recipe_flags = _split_on_dashes(argv)
     parser = build_parser()
-    args = parser.parse_args(argv[:split])
-    member_flags = argv[split + 1:]
-    if args.members is not None:
-        if not member_flags:
-            parser.error("--members needs the members' flags after '--'")
-        taken = [f for f in member_flags if f.split("=")[0] in RESERVED]
+    args = parser.parse_args(own)
+    if args.runs is not None:
+        if recipe_flags or args.budget_minutes is not None or args.resume:
+            parser.error("--runs combines finished runs: it takes no member flags, "
+                         "--budget-minutes or --resume")
+        return args, []
+    if not recipe_flags or not all(recipe_flags):
+        parser.error("--members needs the members' flags after '--' (one '--' per recipe)")
+    if len(args.members) != len(recipe_flags):
+        parser.error(f"--members gives {len(args.members)} count(s) for "
+                     f"{len(recipe_flags)} recipe(s) after '--': give one per recipe")
+    budgets = args.budget_minutes or [None] * len(recipe_flags)
+    if len(budgets) != len(recipe_flags):
+        parser.error(f"--budget-minutes gives {len(budgets)} budget(s) for "
+                     f"{len(recipe_flags)} recipe(s): give one per recipe")
+    if any(b is not None and b <= 0 for b in budgets):
+        parser.error(f"--budget-minutes must be positive, got {args.budget_minutes}")
+    for flags in recipe_flags:
+        taken = [f for f in flags if f.split("=")[0] in RESERVED]
         if taken:
             parser.error(f"{', '.join(taken)}: the ensemble sets these for each member")
-        if args.budget_minutes is not None and args.budget_minutes <= 0:
-            parser.error(f"--budget-minutes must be positive, got {args.budget_minutes}")
-    elif member_flags or args.budget_minutes is not None or args.resume:
-        parser.error("--runs combines finished runs: it takes no member flags, "
-                     "--budget-minutes or --resume")
-    return args, member_flags
+    return args, [Recipe(f, n, b)
+                  for f, n, b in zip(recipe_flags, args.members, budgets, strict=True)]
 
 
-def train_members(args: argparse.Namespace, flags: list[str]) -> list[Path]:
-    """Train (or, with ``--resume``, keep or continue) every member; their directories."""
-    base_seed = cli.parse_args([*flags, "--out", str(args.out)]).seed  # also checks them
+def train_members(args: argparse.Namespace, recipes: list[Recipe]) -> list[Path]:
+    """Train (or, with ``--resume``, keep or continue) every member of every recipe; their
+    directories, ``OUT/member-0``, ``OUT/member-1``, ... in recipe order."""
+    # parsing every recipe first checks them all before the first member trains
+    base_seeds = [cli.parse_args([*r.flags, "--out", str(args.out)]).seed for r in recipes]
+    jobs = [(r, seed + k)
+            for r, seed in zip(recipes, base_seeds, strict=True) for k in range(r.members)]
     outs = []
-    for k in range(args.members):
-        out = Path(args.out) / f"member-{k}"
+    for index, (recipe, seed) in enumerate(jobs):
+        out = Path(args.out) / f"member-{index}"
         outs.append(out)
         if args.resume and (out / "metrics.json").is_file():
-            logger.info("member %d: finished earlier, kept (%s)", k, out)
+            logger.info("member %d: finished earlier, kept (%s)", index, out)
             continue
         # a flag given twice: argparse keeps the last, so the member's seed wins
-        argv = [*flags, "--seed", str(base_seed + k), "--out", str(out)]
-        if args.budget_minutes is not None:
-            argv += ["--max-train-minutes", str(args.budget_minutes / args.members)]
+        argv = [*recipe.flags, "--seed", str(seed), "--out", str(out)]
+        if recipe.budget_minutes is not None:
+            argv += ["--max-train-minutes", str(recipe.budget_minutes / recipe.members)]
         if args.resume and (out / "checkpoints").is_dir():
             argv.append("--resume")
-        logger.info("member %d of %d: seed %d", k + 1, args.members, base_seed + k)
+        logger.info("member %d of %d: seed %d", index + 1, len(jobs), seed)
         cli.main(argv)
     return outs
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train or read the members, combine them, write OUT; returns OUT/metrics.json."""
-    args, flags = parse_args(argv)
+    args, recipes = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    dirs = train_members(args, flags) if args.members is not None else args.runs
+    dirs = train_members(args, recipes) if args.members is not None else args.runs
     members = [Member.read(d) for d in dirs]
     data_dir = args.data_dir or members[0].config["data_dir"]
     tasks = [t for t in ("sst", "qqp", "sts")
@@ -159,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "missing_files": missing,
         "plots": [] if args.no_plots else [str(p.relative_to(out))
                                            for p in write_plots(out / "plots", dev)],
-        "config": vars(args) | {"member_flags": flags},
+        "config": vars(args) | {"recipes": [asdict(r) for r in recipes]},
     }
     atomic_write_text(out / "errors.md", errors_markdown(dev, splits["dev"], args.errors_top_k))
     write_metrics(out / "metrics.json", metrics)

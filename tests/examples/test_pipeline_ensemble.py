@@ -114,6 +114,32 @@ def test_ensemble_of_trained_members(tiny_model_dir: Path, data_dir: Path,
     assert again["best_dev"] == m["best_dev"]
 
 
+def test_ensemble_of_unlike_recipes(tiny_model_dir: Path, data_dir: Path,
+                                    tmp_path: Path) -> None:
+    # one member of the pair tasks, two of SST-5: each task averages only its own members
+    out = tmp_path / "uneven"
+    flags = _tiny_flags(tiny_model_dir, data_dir)
+    m = driver.main(["--members", "1", "2", "--budget-minutes", "5", "4", "--out", str(out),
+                     "--no-plots", "--", *flags, "--tasks", "qqp,sts", "--", *flags,
+                     "--tasks", "sst", "--seed", "3"])
+    configs = [json.loads((out / f"member-{k}" / "metrics.json").read_text())["config"]
+               for k in range(3)]
+    assert [(c["tasks"], c["seed"], c["max_train_minutes"]) for c in configs] == [
+        (["qqp", "sts"], 0, 5.0), (["sst"], 3, 2.0), (["sst"], 4, 2.0)]
+    assert [r["members"] for r in m["config"]["recipes"]] == [1, 2]
+    splits = {"dev": {t: read_split(data_dir, t, "dev") for t in ("sst", "qqp", "sts")}}
+    outs = [Member.read(out / f"member-{k}").outputs(splits, torch.device("cpu"))
+            for k in range(3)]
+    assert ("sst", "dev") not in outs[0] and ("qqp", "dev") not in outs[1]
+    sst = _predictions(out / "predictions" / "sst-dev.csv")
+    mean = (outs[1][("sst", "dev")].softmax(-1) + outs[2][("sst", "dev")].softmax(-1)) / 2
+    assert [sst[i] for i in splits["dev"]["sst"].ids] == mean.argmax(-1).tolist()
+    qqp = _predictions(out / "predictions" / "qqp-dev.csv")
+    assert [qqp[i] for i in splits["dev"]["qqp"].ids] == (
+        outs[0][("qqp", "dev")] > 0).float().tolist()
+    assert set(m["best_dev"]) == {"sst", "qqp", "sts", "overall"}
+
+
 @pytest.mark.parametrize("extra", [[], ["--pair-feature", "cosine"]])
 def test_one_member_ensemble_reproduces_its_run(tiny_model_dir: Path, data_dir: Path,
                                                 tmp_path: Path, extra: list[str]) -> None:
@@ -153,6 +179,15 @@ def test_driver_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["--runs", "a", "--out", "x", "--budget-minutes", "3"], "takes no member flags"),
         (["--members", "2", "--runs", "a", "--out", "x"], "not allowed with"),
         (["--members", "0", "--out", "x", "--", "--epochs", "1"], "--members"),
+        (["--members", "1", "2", "--out", "x", "--", "--epochs", "1"],
+         "2 count(s) for 1 recipe(s)"),
+        (["--members", "1", "--out", "x", "--", "--epochs", "1", "--"], "one '--' per recipe"),
+        (["--members", "1", "1", "--budget-minutes", "3", "--out", "x", "--", "--epochs",
+          "1", "--", "--epochs", "2"], "1 budget(s) for 2 recipe(s)"),
+        (["--members", "1", "--budget-minutes", "0", "--out", "x", "--", "--epochs", "1"],
+         "must be positive"),
+        (["--members", "1", "1", "--out", "x", "--", "--epochs", "1", "--", "--out", "y"],
+         "the ensemble sets these"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit):
