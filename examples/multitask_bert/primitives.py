@@ -20,6 +20,7 @@ from .batching import make_loader
 from .data import TaskSplit, TokenCache, TokenizedTask, mine_positive_pairs
 from .distributed import DistEnv, ShardCollate, average_gradients
 from .model import MultiTaskBert
+from .optim import adamw
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def contrastive_stage(model: MultiTaskBert, splits: dict[str, TaskSplit], cache:
     if model.task_encoders is not None or model.routed:
         raise ValueError("--contrastive needs one shared encoder (not --mixture)")
     params = [p for p in model.encoder_for("sst").parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = adamw(params, lr)
     sentences = [s for sp in splits.values() for s in sp.sent1 + (sp.sent2 or [])]
     pairs = [pr for t in ("qqp", "sts") if t in splits for pr in mine_positive_pairs(splits[t])]
     stages: list[tuple[str, TaskSplit, int]] = []

@@ -43,6 +43,7 @@ from .distributed import (
 )
 from .layer_decay import layerwise_param_groups
 from .model import MultiTaskBert, task_loss
+from .optim import adamw
 from .primitives import (
     SmartTerm,
     distributed_task_loaders,
@@ -87,8 +88,7 @@ class Trainer:
         self.params = params
         groups: Any = (params if cfg.layer_lr_decay == 1.0 else
                        layerwise_param_groups(model, cfg.lr, cfg.layer_lr_decay))
-        self.base_opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99),
-                                          weight_decay=0.0)
+        self.base_opt = adamw(groups, cfg.lr)
         self.opt: Any = (wrap_surgery(self.base_opt, model, cfg.seed) if cfg.surgery
                          else self.base_opt)
         # With --surgery, PCGrad(sync="tasks") all-reduces the per-task gradients itself:
