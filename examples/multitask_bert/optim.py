@@ -3,7 +3,7 @@
 On two CPU cores the for-loop AdamW that PyTorch picks by default for CPU tensors costs about
 as much as MiniLM's backward pass (about 70 ms of a 220 ms step for one 22.6M-parameter model,
 and the mixture steps three); the fused kernel makes the same update in one pass over the
-parameters, 2.5-3 times faster (``benchmarks/bench_fused_adamw.py``). It is used whenever every
+parameters, 2.5-3 times faster (``benchmarks/bench_train_step.py``). It is used whenever every
 parameter is a floating-point tensor on the CPU or a CUDA device.
 """
 
@@ -30,8 +30,7 @@ def can_fuse(params: Iterable[Any]) -> bool:
 
     >>> can_fuse([torch.nn.Parameter(torch.zeros(2))])
     True
-    >>> can_fuse([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64), requires_grad=False),
-    ...           {"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    >>> can_fuse([{"params": [torch.nn.Parameter(torch.zeros(1))]}])  # parameter groups
     True
     >>> can_fuse([])
     False
