@@ -39,9 +39,10 @@ def test_readme_main_command_parses(monkeypatch, tmp_path):
         script = next(w for w in words if w.endswith(("bert_sst_qqp_sts.py", "ensemble.py")))
         argv = words[words.index(script) + 1:]
         argv = argv[:argv.index("&&")] if "&&" in argv else argv
-        if script.endswith("ensemble.py"):  # the driver's flags, then one member's
-            driver_args, argv = ensemble.parse_args(argv)
-            argv = [*argv, "--out", driver_args.out]
-        args = cli.parse_args(argv)
-        assert args.data_dir == str(tmp_path)
+        runs = [argv]
+        if script.endswith("ensemble.py"):  # the driver's flags, then each recipe's
+            driver_args, recipes = ensemble.parse_args(argv)
+            runs = [[*r.flags, "--out", driver_args.out] for r in recipes]
+        for run in runs:
+            assert cli.parse_args(run).data_dir == str(tmp_path)
     assert "bert_sst_qqp_sts" in sys.modules

@@ -2,9 +2,10 @@
 
 A single model of this pipeline saturates before a 30-minute budget runs out (SST-5 peaks in
 its first epoch, Quora and STS-B gain little in the third), so part of the budget buys more
-as a second model than as more epochs of the first. The members are ordinary runs (any flags,
-typically the same recipe at different seeds); each is loaded from its ``metrics.json``
-configuration and its best checkpoint and run over the dev and test sets once.
+as a second model than as more epochs of the first. The members are ordinary runs (any flags:
+the same recipe at different seeds, or models of some tasks only, ``--tasks``); each is loaded
+from its ``metrics.json`` configuration and its best checkpoint and run over the dev and test
+sets once, and each task averages the members trained on it.
 
 Averaging: SST-5 the members' class probabilities (the combined output is their log, so
 :func:`~multitask_bert.model.predict` takes the argmax of the mean probability); QQP the
