@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+import mtlkit
+
 logger = logging.getLogger(__name__)
 
 ROWS_HERE, ROWS_GLOBAL = "rows_here", "rows_global"
@@ -138,35 +140,9 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter], env: DistEnv) -> None:
-    """Replace every ``p.grad`` by its mean over ranks: one all-reduce per (device, dtype).
-
-    A missing gradient counts as zeros; a parameter that no rank gave a gradient keeps
-    ``grad = None``. No-op in one process.
-    """
-    if not env.distributed:
-        return
-    buckets: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
-    for p in params:
-        buckets.setdefault((p.device, p.dtype), []).append(p)
-    for (device, dtype), ps in buckets.items():
-        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                 for p in ps]
-        present = torch.tensor([float(p.grad is not None) for p in ps], device=device,
-                               dtype=dtype)
-        flat = torch.cat([*parts, present])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= env.world
-        counts = flat[-len(ps):]
-        offset = 0
-        for p, n in zip(ps, counts.tolist(), strict=True):
-            size = p.numel()
-            if n > 0:
-                g = flat[offset:offset + size].view_as(p)
-                if p.grad is None:
-                    p.grad = g.clone()
-                else:
-                    p.grad.copy_(g)
-            offset += size
+    """:func:`mtlkit.average_gradients` over ``env``'s process group (no-op in one process)."""
+    if env.distributed:
+        mtlkit.average_gradients(params)
 
 
 def parameters_agree(module: torch.nn.Module, env: DistEnv) -> bool:

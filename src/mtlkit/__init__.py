@@ -4,6 +4,8 @@ The public API is the names in ``__all__``; everything else is private. transfor
 are imported only by the objects that need them (LoRAMoE, hf_smart_inputs).
 """
 
+from mtlkit import weighting
+from mtlkit._distributed import average_gradients
 from mtlkit._smart_hf import hf_smart_inputs
 from mtlkit.bregman import BregmanProximal
 from mtlkit.contrastive import (
@@ -30,12 +32,14 @@ __all__ = [
     "SimCSELoss",
     "SmartLoss",
     "SurgeryStats",
+    "average_gradients",
     "group_ids",
     "hf_smart_inputs",
     "info_nce",
     "mine_pairs",
     "pcgrad_weights",
     "unsupervised_pairs",
+    "weighting",
 ]
 
 __version__ = "0.1.0"

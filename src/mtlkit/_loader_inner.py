@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,12 +16,6 @@ _CYCLE_STRIDE = 1 << 32
 
 EXHAUSTED = object()
 """Sentinel: the inner iterator had no batch left."""
-
-
-def mix_seed(*parts: object) -> int:
-    """A 64-bit seed from ``parts``, identical in every process (unlike ``hash``)."""
-    text = "\x1f".join(repr(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 def inner_epoch(epoch: int, cycle: int) -> int:

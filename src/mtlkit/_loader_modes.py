@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ._loader_inner import mix_seed
+from mtlkit._distributed import stable_hash
 
 
 class _Schedule:
@@ -72,7 +72,7 @@ class _Urn(_Schedule):
     """
 
     def begin(self, epoch: int, step: int) -> None:
-        self._rng = random.Random(mix_seed("mtlkit.tasks", self.seed, epoch))
+        self._rng = random.Random(stable_hash("mtlkit.tasks", self.seed, epoch))
         self._remaining = [int(s) for s in self.sizes]  # type: ignore[arg-type]
         self._left = sum(self._remaining)
         for _ in range(step):
@@ -114,7 +114,7 @@ class _Independent(_Schedule):
         self._cum = _cumsum(probs)
         self._total = self._cum[-1]
         self._last = max(i for i, p in enumerate(probs) if p > 0)
-        self._rng = random.Random(mix_seed("mtlkit.tasks", self.seed, epoch))
+        self._rng = random.Random(stable_hash("mtlkit.tasks", self.seed, epoch))
         for _ in range(step):
             self.draw()
 

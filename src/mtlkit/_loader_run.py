@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from mtlkit._distributed import stable_hash
+
 from . import _distributed
-from ._loader_inner import EXHAUSTED, inner_epoch, is_stateful, mix_seed, start
+from ._loader_inner import EXHAUSTED, inner_epoch, is_stateful, start
 
 if TYPE_CHECKING:
     from .loader import MultiTaskLoader
@@ -66,7 +68,7 @@ class Run:
             self.inner_states[i] = None
             it, batch = start(
                 dl,
-                rng_seed=mix_seed("mtlkit.inner", owner._seed, self.epoch, name, self.cycles[i]),
+                rng_seed=stable_hash("mtlkit.inner", owner._seed, self.epoch, name, self.cycles[i]),
                 epoch=inner_epoch(self.epoch, self.cycles[i]),
                 skip=0 if state is not None else skip,
                 state=state,

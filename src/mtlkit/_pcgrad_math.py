@@ -1,57 +1,15 @@
-"""PCGrad's combination as a pure function of the Gramian, and what one combination saw."""
+"""What one combination saw (:class:`SurgeryStats`); PCGrad's weights live in
+:mod:`mtlkit.weighting.pcgrad`."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from mtlkit.weighting.pcgrad import pcgrad_weights
 
-def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The weights ``w`` such that the sum of PCGrad's projected gradients is ``w^T J``.
-
-    Args:
-        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device; it is read once).
-        generator: The CPU generator that draws each task's visiting order (torch's default
-            generator when ``None``).
-
-    Returns:
-        A float64 CPU tensor of T weights (for ``reduction="sum"``).
-
-    A task whose gradient has zero norm is never projected on (its direction is undefined), so
-    no weight is ever NaN or infinite for a finite Gramian.
-
-    Example:
-        >>> import torch
-        >>> from mtlkit import PCGrad, SurgeryStats, pcgrad_weights
-        >>> g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])      # conflicting gradients
-        >>> w = pcgrad_weights(g @ g.T)
-        >>> w @ g.double()                                  # sum of the projected gradients
-        tensor([0.5000, 1.5000], dtype=torch.float64)
-    """
-    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-        raise ValueError(
-            f"gramian: expected a square T x T matrix, got shape {tuple(gramian.shape)}"
-        )
-    g = gramian.detach().to("cpu", torch.float64).tolist()
-    num_tasks = len(g)
-    total = [0.0] * num_tasks
-    for i in range(num_tasks):
-        coeffs = [0.0] * num_tasks
-        coeffs[i] = 1.0
-        others = [j for j in range(num_tasks) if j != i]
-        for k in torch.randperm(len(others), generator=generator).tolist():
-            j = others[k]
-            norm_sq = g[j][j]
-            if not norm_sq > 0.0:
-                continue
-            dot = math.fsum(coeffs[m] * g[m][j] for m in range(num_tasks))
-            if dot < 0.0:
-                coeffs[j] -= dot / norm_sq
-        for m in range(num_tasks):
-            total[m] += coeffs[m]
-    return torch.tensor(total, dtype=torch.float64)
+__all__ = ["SurgeryStats", "cosine_and_conflicts", "pcgrad_weights"]
 
 
 @dataclass(frozen=True)

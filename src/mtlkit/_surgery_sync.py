@@ -25,24 +25,17 @@ shared/unreached decisions and the buffer layout stay identical everywhere.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 
-from mtlkit._distributed import is_distributed
+from mtlkit._distributed import is_distributed, stable_hash
 from mtlkit._task_gradients import TaskGradientBuffer
 
 Sync = Literal["tasks", "aggregate", "none"]
 SYNC_MODES = ("tasks", "aggregate", "none")
-
-
-def _names_hash(names: Sequence[str]) -> int:
-    # hashlib, not hash(): str hashes are salted per process
-    digest = hashlib.blake2b("\x1f".join(names).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
 
 
 class SurgerySync:
@@ -97,7 +90,8 @@ class SurgerySync:
         """
         world = self.world_size()
         device = flags.device
-        signature = torch.tensor([len(tasks), _names_hash(tasks), *layout], device=device)
+        names = stable_hash(*tasks, signed=True)
+        signature = torch.tensor([len(tasks), names, *layout], device=device)
         gathered = [torch.empty_like(signature) for _ in range(world)]
         self._count(signature)
         dist.all_gather(gathered, signature, group=self.group)
