@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import load_latest
 from .config import RunConfig
-from .data import TaskSplit, TokenCache, TokenizedTask, read_split
+from .data import TaskSplit, TokenCache, TokenizedTask, read_split, subsample
 from .evaluate import Predictions, dev_scores, model_outputs
 from .model import predict
 from .pair_features import CosineFeatures
@@ -190,11 +190,13 @@ def train_members(configs: Sequence[RunConfig], resume: bool = False) -> list[Pa
 
 def combine(dirs: Sequence[str | Path], out: str | Path, *, data_dir: str | None = None,
             device: str = "cpu", plots: bool = True, errors_top_k: int = 10,
-            progress: bool = False, config: dict[str, Any] | None = None) -> dict[str, Any]:
+            progress: bool = False, config: dict[str, Any] | None = None,
+            max_eval_per_task: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Combine finished runs into ``out`` (what a single run writes); its metrics.
 
     ``data_dir`` defaults to the first member's. ``train_seconds`` is the sum of the members':
     running them over the dev and test sets is prediction work, as a run's evaluation is.
+    ``max_eval_per_task`` (debug) predicts a seeded subset of each split, as a run does.
     """
     members = [Member.read(d) for d in dirs]
     data_dir = data_dir or members[0].config.data_dir
@@ -202,10 +204,10 @@ def combine(dirs: Sequence[str | Path], out: str | Path, *, data_dir: str | None
     splits: dict[str, dict[str, Any]] = {"dev": {}, "test": {}}
     missing: list[str] = []
     for t in tasks:
-        splits["dev"][t] = read_split(data_dir, t, "dev")
+        splits["dev"][t] = subsample(read_split(data_dir, t, "dev"), max_eval_per_task, seed)
         test = read_test_split(data_dir, t, missing)
         if test is not None:
-            splits["test"][t] = test
+            splits["test"][t] = subsample(test, max_eval_per_task, seed)
     preds = ensemble_predictions(members, splits, resolve_device(device), progress=progress)
     out = Path(out)
     for (t, s), p in preds.items():
@@ -237,4 +239,5 @@ def run_ensemble(cfg: RunConfig) -> dict[str, Any]:
     """Train a recipe's member groups into ``OUT/member-K`` and combine them into ``OUT``."""
     dirs = train_members(member_configs(cfg), cfg.resume)
     return combine(dirs, cfg.out, data_dir=cfg.data_dir, device=cfg.device, plots=cfg.plots,
-                   errors_top_k=cfg.errors_top_k, progress=cfg.progress, config=cfg.to_dict())
+                   errors_top_k=cfg.errors_top_k, progress=cfg.progress, config=cfg.to_dict(),
+                   max_eval_per_task=cfg.max_eval_per_task, seed=cfg.seed)

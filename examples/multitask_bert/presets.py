@@ -44,7 +44,7 @@ PRESETS: dict[str, RunConfig] = {
 
 RECIPES: dict[str, RunConfig] = {
     "best": dataclasses.replace(
-        PRESETS["ce-mixture-clip"], preset="best", pad_multiple=16, pooling="mean", lr=8e-5,
+        PRESETS["ce-mixture-clip"], preset="best", pad_multiple=8, pooling="mean", lr=8e-5,
         lr_schedule="linear", epochs=2, ema=0.999, dropout=0.1, select="per-task",
         pair_swap=True, symmetric_eval=True, out="runs/best",
         ensemble=(MemberGroup(2, {"tasks": ("qqp", "sts")}, 0.7),
