@@ -38,7 +38,6 @@ from transformers import BertConfig, BertModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from multitask_bert.config import RunConfig  # noqa: E402
 from multitask_bert.data import TaskSplit, TokenizedTask  # noqa: E402
 from multitask_bert.model import MultiTaskBert, task_loss  # noqa: E402
 from multitask_bert.precision import cpu_capability, resolve_precision  # noqa: E402

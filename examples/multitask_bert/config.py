@@ -30,8 +30,6 @@ SELECT_MODES = ("overall", "per-task")  # which weights are kept as best (see se
 def _opt(default: Any, help: str, group: str, **meta: Any) -> Any:
     """A field with its flag's help text, group and parsing (see :mod:`multitask_bert.flags`)."""
     meta.update(help=help, group=group)
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -140,9 +138,9 @@ class RunConfig:
     # ------------------------------------------------------------------ hyper-parameters
     epochs: int = _opt(3, "training epochs (paper: 10)", HYPER)
     batch_size: int = _opt(16, "batch size per task (paper: 8)", HYPER)
-    task_batch_sizes: dict[str, int] = _opt({}, "per-task training batch sizes overriding "
-                                            "--batch-size, e.g. 'sst=12,qqp=24'", HYPER,
-                                            parse="task_batch_sizes")
+    task_batch_sizes: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "per-task training batch sizes overriding --batch-size, e.g. 'sst=12,qqp=24'",
+        "group": HYPER, "parse": "task_batch_sizes"})
     eval_batch_size: int = _opt(0, "evaluation batch size (default 0: 4 x --batch-size)", HYPER)
     lr: float = _opt(5e-5, "AdamW learning rate, betas (0.9, 0.99), no weight decay (paper: "
                      "1e-5 for BERT-base)", HYPER)
