@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gloo_ranks import run_on_ranks
 from mtlkit import PCGrad
-from mtlkit._surgery_sync import bytes_per_step
+from mtlkit.surgery._collectives import bytes_per_step
 
 pytestmark = pytest.mark.slow  # spawns 2 processes (about 10 s)
 

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mtlkit import PCGrad, pcgrad_weights
-from mtlkit._autograd_graph import graphs_needing_retention
+from mtlkit.surgery._graph import graphs_needing_retention
 
 # ---------------------------------------------------------------- naive references
 
@@ -300,11 +300,21 @@ def test_zero_norm_gradients_never_give_nan():
     torch.testing.assert_close(other.grad, torch.ones(2))
 
 
-def test_non_finite_loss_names_the_task():
+def test_non_finite_loss_poisons_the_gradient_and_step_raises_naming_the_task():
+    # A non-finite loss no longer raises in backward (a GradScaler must be able to skip the
+    # step): every managed gradient becomes NaN and a direct step() raises, naming the task.
     theta = torch.zeros(2, requires_grad=True)
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0))
-    with pytest.raises(ValueError, match=r"'qqp'.*not finite"):
-        opt.backward({"sst": theta.sum(), "qqp": theta.sum() * float("nan")})
+    stats = opt.backward({"sst": theta.sum(), "qqp": theta.sum() * float("nan")})
+    assert not stats.finite and stats.nonfinite == ("qqp",)
+    assert torch.isnan(theta.grad).all()
+    with pytest.raises(ValueError, match=r"losses\['qqp'\]: expected a finite loss"):
+        opt.step()
+    assert torch.equal(theta.detach(), torch.zeros(2))  # nothing was applied
+    opt.zero_grad()  # forgets the failed step
+    opt.backward({"sst": theta.sum(), "qqp": 2 * theta.sum()})
+    opt.step()
+    assert torch.equal(theta.detach(), torch.full((2,), -3.0))
 
 
 def test_non_finite_gradient_skips_surgery_and_leaves_the_overflow():
@@ -508,7 +518,8 @@ def test_bad_input_gives_clear_errors():
         PCGrad([theta])
     with pytest.raises(ValueError, match="reduction"):
         PCGrad(torch.optim.SGD([theta], lr=1.0), reduction="max")
-    with pytest.raises(ValueError, match=r"shared_params\[0\].*not in the optimizer"):
+    with pytest.raises(ValueError, match=r"shared_params\[0\]: expected a parameter of the "
+                                         "optimizer's param groups"):
         PCGrad(torch.optim.SGD([theta], lr=1.0), shared_params=[torch.zeros(2, requires_grad=True)])
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0))
     with pytest.raises(ValueError, match="at least one"):
@@ -530,7 +541,7 @@ def test_bad_input_gives_clear_errors():
 
 
 def test_wide_gramian_chunked_equals_the_plain_product():
-    from mtlkit._task_gradients import wide_gramian
+    from mtlkit.surgery._gramian import wide_gramian
 
     torch.manual_seed(0)
     block = torch.randn(3, 200_003)  # wide enough for the chunked path, with a ragged tail
