@@ -246,7 +246,7 @@ def test_a_loss_weighting_backpropagates_the_weighted_loss_once():
     hidden.register_hook(lambda g: calls.append(1))
     stats = opt.backward(losses)
     assert calls == [1]  # one backward through the shared forward
-    assert opt._grads is None  # no per-task buffer
+    assert opt._steps.grads is None  # no per-task buffer
     for k, p in enumerate(model):
         torch.testing.assert_close(p.grad, torch.exp(-s[0]) * grads[0][k]
                                    + torch.exp(-s[1]) * grads[1][k])

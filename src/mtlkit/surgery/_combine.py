@@ -78,7 +78,8 @@ class Combiner:
         self.weighting = weighting
         self.mean = mean
         self.on_host = bool(getattr(weighting, "on_host", False))
-        self._stateful = type(weighting).state_dict is not Weighting.state_dict
+        self._stateful = (isinstance(weighting, Weighting)
+                          and type(weighting).state_dict is not Weighting.state_dict)
 
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
         t = gramian.shape[0]
