@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from bench_pcgrad import (
     TASKS,
     THREADS,
