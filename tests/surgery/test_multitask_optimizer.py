@@ -306,3 +306,47 @@ def test_bad_weightings_name_the_argument():
     else:
         with pytest.raises(TypeError, match=r"^weighting: expected a Weighting or LossWeighting"):
             MultiTaskOptimizer(sgd, "pcgrad")
+
+
+def test_grad_scaler_argument_keeps_a_scale_dependent_weighting_exact():
+    g = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+
+    def run(scaler_mode):
+        theta = torch.zeros(2, requires_grad=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        opt = MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), RunningNorm(),
+                                 grad_scaler=scaler if scaler_mode == "argument" else None)
+        losses = [theta @ g[0], theta @ g[1]]
+        if scaler_mode == "scaled losses":
+            losses = [scaler.scale(loss) for loss in losses]
+        stats = opt.backward(losses)
+        if scaler_mode == "none":
+            opt.step()
+        else:
+            scaler.step(opt)
+        return theta.detach(), stats.weights
+
+    plain, plain_w = run("none")
+    # 1/|g_i| weights: [0.2, 0.5]; the update is -(0.2 g_0 + 0.5 g_1)
+    torch.testing.assert_close(plain, -torch.tensor([0.6, 1.8]))
+    scaled, scaled_w = run("argument")
+    torch.testing.assert_close(scaled, plain)
+    torch.testing.assert_close(scaled_w, plain_w)
+    naive, _ = run("scaled losses")  # the weighting saw gradients 2^10 times larger
+    torch.testing.assert_close(naive, plain / 2.0**10)
+
+
+def test_grad_scaler_argument_with_a_loss_weighting():
+    theta = torch.zeros(2, requires_grad=True)
+    weighting = LogVariance(2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    opt = MultiTaskOptimizer(torch.optim.SGD([theta, *weighting.parameters()], lr=1.0),
+                             weighting, grad_scaler=scaler)
+    stats = opt.backward([theta @ torch.tensor([2.0, 0.0]), theta @ torch.tensor([0.0, 4.0])])
+    assert torch.equal(stats.weights, torch.ones(2))
+    assert torch.equal(theta.grad, torch.tensor([2.0, 4.0]) * 2.0**8)  # scaled, for the scaler
+    scaler.step(opt)
+    assert torch.equal(theta.detach(), -torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(weighting.log_var.detach(), -torch.ones(2))  # grad 1 - e^0 * 0
+    with pytest.raises(TypeError, match=r"^grad_scaler: expected a torch.amp.GradScaler"):
+        MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), Fixed([1.0]), grad_scaler=2.0)

@@ -67,8 +67,9 @@ class StepRecorder:
         self._reach = ReachRecorder()
 
     def record(self, name: str, loss: torch.Tensor, retain_graph: bool,
-               trainable: Callable[[], list[torch.Tensor]]) -> None:
-        """Backpropagate one task's loss into its row of the open step (opened if needed)."""
+               trainable: Callable[[], list[torch.Tensor]],
+               scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Backpropagate one task's loss (times ``scale``) into its row of the open step."""
         if self.pending is None:
             self.pending = Step.begin(self._layout(trainable))
         step = self.pending
@@ -82,7 +83,7 @@ class StepRecorder:
         step.grads.route_grads_to_row(row)
         with self._reach.recording() as reached:
             if loss.requires_grad:
-                loss.backward(retain_graph=retain_graph)
+                (loss if scale is None else scale(loss)).backward(retain_graph=retain_graph)
         step.tasks.append(name)
         step.reached.append(reached)
         step.loss_ok.append(finite_flag(loss, step.grads.device))

@@ -72,6 +72,12 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             ``"none"``: no communication, the caller synchronises.
         process_group: The group to synchronise over (``None``: the default group).
         log_stats: Log each step's conflicts and cosines at INFO level.
+        grad_scaler: A ``torch.amp.GradScaler`` to apply for you: pass the *unscaled* losses,
+            each task's backward runs on the scaled loss and the weighting sees the Gramian of
+            the unscaled gradients; then ``grad_scaler.step(opt)`` as usual. Needed for
+            weightings that change with a common scale of the gradients (Nash-MTL, FairGrad,
+            a norm-based one). Without it, scaled losses passed in are fine for weightings
+            that ignore that scale (PCGrad, UPGrad, MGDA, Mean, Sum).
 
     One step reads the device once (the Gramian, the weights and the loss finiteness flags in
     one copy); a weighting whose ``on_host`` attribute is true (PCGrad) is handed that host
@@ -108,7 +114,14 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         sync: Sync = "tasks",
         process_group: Any = None,
         log_stats: bool = False,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(
+                "grad_scaler: expected a torch.amp.GradScaler or None, "
+                f"got {type(grad_scaler).__name__}"
+            )
+        self.grad_scaler = grad_scaler
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, MultiTaskOptimizer):
             raise TypeError(
                 "optimizer: expected a torch.optim.Optimizer to wrap, "
@@ -126,6 +139,7 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         self._explicit = None if shared_params is None else unique_params(shared_params)
         check_parameters(self.weighting, self._explicit, self.param_groups)
         self._combiner = Combiner(self.weighting, reduction == "mean")
+        self._scale = None if grad_scaler is None else grad_scaler.scale
         self._steps = StepRecorder(self._explicit)
         self._nonfinite: tuple[str, ...] = ()
         self.last_stats: SurgeryStats | None = None
@@ -220,13 +234,13 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         if not self.weighting.requires_gramian:
             params = self._trainable()
             stats = loss_step(self.weighting, names, tensors, params, self.reduction == "mean",
-                              self._sync, retain_graph)
+                              self._sync, retain_graph, self.grad_scaler)
             return self._record(stats, stats.nonfinite)
         retain = (graphs_needing_retention(tensors) if retain_graph is None
                   else [retain_graph] * len(tensors))
         try:
             for name, loss, keep in zip(names, tensors, retain, strict=True):
-                self._steps.record(name, loss, keep, self._trainable)
+                self._steps.record(name, loss, keep, self._trainable, self._scale)
         except BaseException:
             self._steps.abort()
             raise
@@ -258,7 +272,7 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             )
         names, tensors = as_named_losses({task: loss})
         try:
-            self._steps.record(names[0], tensors[0], retain_graph, self._trainable)
+            self._steps.record(names[0], tensors[0], retain_graph, self._trainable, self._scale)
         except BaseException:
             if self._steps.pending is not None and not self._steps.pending.tasks:
                 self._steps.abort()  # nothing recorded yet: leave no pending step behind
@@ -291,7 +305,9 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         reach = [sum(r[k] for r in reached) for k in range(len(grads.params))]
         shared = [True] * len(reach) if self._explicit is not None else [n >= 2 for n in reach]
         loss_ok = torch.stack(step.loss_ok)
-        outcome = self._combiner(grads, shared, step.tasks, loss_ok, step.accumulate, self._sync)
+        scale = None if self._scale is None else self._scale(torch.ones((), device=grads.device))
+        outcome = self._combiner(grads, shared, step.tasks, loss_ok, step.accumulate, self._sync,
+                                 scale)
         self._sync.share_combined(grads)
         step.publish(reach, had)
         if self._explicit is None:
