@@ -111,12 +111,40 @@ def test_reduction_mean_divides_the_weights_by_t():
     torch.testing.assert_close(grads["mean"][2], grads["sum"][2])  # heads: no reduction
 
 
-def test_one_task_gets_its_own_gradient():
-    theta = torch.zeros(3, requires_grad=True)
-    g = torch.tensor([1.0, -2.0, 3.0])
-    opt = MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), weightings.PCGrad(seed=0))
+def library_weightings():
+    """mtlkit.weighting's Gramian methods: PCGrad, and the family once by_name has landed."""
+    names = [n for n in getattr(weightings, "NAMES", ()) if n != "pcgrad"]
+    made = {"pcgrad": lambda: weightings.PCGrad(seed=0)}
+    made.update({n: (lambda n=n: weightings.by_name(n)) for n in names})
+    return {n: f for n, f in made.items() if f().requires_gramian}
+
+
+@pytest.mark.parametrize("name", sorted(library_weightings()))
+def test_one_task_gets_its_own_gradient(name):
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    opt = MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), library_weightings()[name]())
     opt.backward([theta @ g])
-    assert torch.equal(theta.grad, g)
+    torch.testing.assert_close(theta.grad, g)
+
+
+@pytest.mark.parametrize("name", sorted(library_weightings()))
+@pytest.mark.parametrize("case", ["scales 1e-10 to 1e10", "rank deficient", "a zero row",
+                                  "all zero"])
+def test_near_degenerate_gramians_give_finite_updates(name, case):
+    base = torch.tensor([[1.0, 0.5, 0.0], [-1.0, 1.0, 0.2], [0.3, -0.2, 1.0]],
+                        dtype=torch.float64)
+    rows = {"scales 1e-10 to 1e10": base * torch.tensor([[1e10], [1.0], [1e-10]],
+                                                        dtype=torch.float64),
+            "rank deficient": torch.stack([base[0], 2 * base[0], -base[0]]),
+            "a zero row": torch.stack([base[0], torch.zeros(3, dtype=torch.float64), base[1]]),
+            "all zero": torch.zeros(3, 3, dtype=torch.float64)}[case]
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), library_weightings()[name]())
+    stats = opt.backward([theta @ row for row in rows])
+    assert stats.finite and torch.isfinite(theta.grad).all() and torch.isfinite(stats.weights).all()
+    if case == "all zero":
+        assert torch.equal(theta.grad, torch.zeros(3, dtype=torch.float64))
 
 
 def test_a_zero_gradient_gives_a_zero_update_even_with_infinite_weights():
