@@ -8,7 +8,7 @@ instead, so it reads nothing itself. Everything before the read is queued on the
 Only when something is not finite does the step read again: it then tells a non-finite loss
 (every managed gradient set to NaN, so a ``GradScaler`` skips the step) from a non-finite
 gradient (the plain sum written, overflow included) from a Gramian that overflowed its working
-precision although every gradient is finite (recomputed exactly in float64, then combined).
+precision although every gradient is finite (recomputed in float64, then combined).
 """
 
 from __future__ import annotations
