@@ -29,7 +29,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
 from mtlkit import LoRAMoE
-from mtlkit._lora_moe_config import BERT_TARGET_MODULES
+from mtlkit.lora_moe.config import BERT_TARGET_MODULES
 
 TASKS = ["sst", "qqp", "sts"]
 

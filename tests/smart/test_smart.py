@@ -134,7 +134,7 @@ def test_a_single_logit_under_classification_is_refused_and_points_to_binary(sha
     a = torch.randn(shape)
     with pytest.raises(ValueError, match=r"kind: expected 'binary'.*got 'classification'"):
         functional.divergence(a, a, "classification")
-    lin, fn = tiny_model(classes=1)
+    _lin, fn = tiny_model(classes=1)
     emb = torch.randn(3, 4, 6)
     match = r"kind: expected 'binary'.*clean_output of shape \(3, 1\)"
     with pytest.raises(ValueError, match=match):
@@ -144,7 +144,7 @@ def test_a_single_logit_under_classification_is_refused_and_points_to_binary(sha
 
 
 def test_binary_smart_loss_matches_the_naive_algorithm_on_one_logit():
-    lin, fn = tiny_model(classes=1)
+    _lin, fn = tiny_model(classes=1)
     one_logit = lambda e: fn(e).squeeze(-1)  # noqa: E731  (B,): one logit per example
     emb = torch.randn(3, 4, 6)
     kw = dict(kind="binary", epsilon=2e-2, noise_std=1e-2, step_size=5e-2, num_steps=1,
@@ -394,7 +394,7 @@ def test_call_validation():
         smart(fn, emb, fn(emb), attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="clean_output"):
         smart(fn, emb, fn(emb)[:1])
-    with pytest.raises(TypeError, match="forward_fn: expected to return a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"forward_fn: expected to return a torch\.Tensor"):
         smart(lambda e: {"logits": fn(e)}, emb, fn(emb))
 
 

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from mtlkit import SmartLoss, hf_smart_inputs
-from real_minilm import MODEL_DIR, check_pretrained, load_minilm, read_tsv
+from real_parts import MODEL_DIR, check_pretrained, load_minilm, read_tsv
 
 pytestmark = pytest.mark.slow
 

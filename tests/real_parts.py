@@ -1,4 +1,5 @@
-"""The packaged all-MiniLM-L6-v2, loaded and checked as the real pretrained model.
+"""The real parts the tests rely on: the packaged all-MiniLM-L6-v2, checked as pretrained, and the
+real data files.
 
 A test that claims to run the real MiniLM loads it with :func:`load_minilm`, which fails (never
 skips) unless the pretrained weights are really there: no missing, unexpected or mismatched keys,
