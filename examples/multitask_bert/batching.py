@@ -101,11 +101,7 @@ def multitask_loader(train_sets: Mapping[str, TokenizedTask], batch_sizes: Mappi
         collate = ShardCollate(ds.collate, env, equal=equal_shards) if env.distributed else None
         loaders[task] = task_loader(ds, batch_sizes[task], seed + k, collate, swap_pairs)
     extra: dict[str, Any] = {} if mode == "sequential" else {"steps_per_epoch": steps_per_epoch}
-    import inspect  # TEMP until the loader branch lands carry_over
-
-    if "carry_over" in inspect.signature(mtlkit.MultiTaskLoader).parameters:
-        extra["carry_over"] = True
-    return mtlkit.MultiTaskLoader(loaders, mode=mode, seed=seed, **extra)
+    return mtlkit.MultiTaskLoader(loaders, mode=mode, seed=seed, carry_over=True, **extra)
 
 
 def as_task_batches(item: Any) -> dict[str, dict[str, torch.Tensor]]:

@@ -83,4 +83,4 @@ class SmartTerms:
 def lora_mixture(encoder: nn.Module, tasks: list[str] | tuple[str, ...], r: int,
                  alpha: float) -> mtlkit.LoRAMoE:
     """``mtlkit.LoRAMoE``: one LoRA expert per task on the frozen ``encoder``."""
-    return mtlkit.LoRAMoE(encoder, tasks=list(tasks), r=r, alpha=alpha)
+    return mtlkit.LoRAMoE(encoder, mtlkit.LoRAMoEConfig(tasks=list(tasks), r=r, alpha=alpha))

@@ -100,8 +100,6 @@ def test_real_minilm_smoke(tmp_path: Path) -> None:
     assert m["data"]["qqp-train"]["file"].endswith("quora-train-partial.csv")
     assert m["data"]["qqp-dev"] == {"rows": 96, "skipped": 2,
                                     "file": str(DATA / "quora-dev.csv")}
-    # 20 steps of the pretrained MiniLM: STS-B correlates already (a random BERT: about 0)
-    assert m["best_dev"]["sts"] > 0.3
     assert 0.0 < m["history"][0]["train_loss"] < 10.0
     assert json.loads((out / "metrics.json").read_text())["best_dev"] == m["best_dev"]
     rows = list(csv.reader((out / "predictions" / "sts-test.csv").open()))
