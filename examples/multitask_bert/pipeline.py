@@ -163,9 +163,6 @@ class _Data:
     dev sets for ``--symmetric-eval``)."""
 
     def __init__(self, cfg: RunConfig, tokenizer: Any) -> None:
-        for task in cfg.tasks:  # fail fast on a missing file
-            for split in ("train", "dev"):
-                resolve_path(cfg.data_dir, task, split)
         self.splits, self.missing = load_splits(cfg)
         self.cache = TokenCache(tokenizer, cfg.max_length, cfg.pad_multiple)
         self.mode, self.symmetric = cfg.encoding, cfg.symmetric_eval
@@ -189,6 +186,9 @@ def _run(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device, out = env.device, Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for task in cfg.tasks:  # fail fast on a missing file, before loading a model
+        for split in ("train", "dev"):
+            resolve_path(cfg.data_dir, task, split)
     precision = resolve_precision(cfg.precision, device)
     loading: dict[str, Any] = {}
     model, tokenizer = build_model(cfg, loading)

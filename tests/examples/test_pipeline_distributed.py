@@ -143,7 +143,7 @@ def test_average_gradients_and_gathers_on_two_processes(tmp_path: Path) -> None:
     assert r["a"] == [1.5, 1.5, 1.5]
     assert r["b"] == [[2.0, 2.0], [2.0, 2.0]]  # a missing gradient counts as zeros
     assert r["c"] is None  # no rank had one: stays None (AdamW skips it, as in one process)
-    assert r["gathered"] == [["rank", 0], ["rank", 1]]
+    assert r["gathered"] == [("rank", 0), ("rank", 1)]
     assert r["agree_differ"] is False and r["agree_same"] is True
     assert r["simcse_max_err"] < 1e-6
 

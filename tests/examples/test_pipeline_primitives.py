@@ -87,7 +87,8 @@ def test_pcgrad_wiring_equals_a_projection_by_hand(tiny_model_dir: Path, data_di
         trainer.opt.zero_grad(set_to_none=True)
         stats = trainer.opt.backward(losses)
         assert stats.num_conflicts == int(dot < 0)
-        torch.testing.assert_close(_flat(p.grad for p in shared), want, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(_flat(p.grad for p in shared), want, rtol=1e-4,
+                                   atol=1e-5 * float(want.abs().max()))
         for t, grads in heads.items():
             torch.testing.assert_close(_flat(p.grad for p in model.heads[t].parameters()),
                                        _flat(grads), rtol=1e-5, atol=1e-8)

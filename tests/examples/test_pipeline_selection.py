@@ -102,4 +102,4 @@ def test_per_task_needs_one_encoder_per_task(tiny_model_dir: Path, data_dir: Pat
                                              capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run_tiny_clip(tiny_model_dir, data_dir, tmp_path / "x", "--select", "per-task")
-    assert "--select per-task needs --mixture full" in capsys.readouterr().err
+    assert "--select: needs --mixture full" in capsys.readouterr().err
