@@ -96,11 +96,10 @@ def label_value(task: str, column: str, raw: object) -> int | float:
     try:
         value = float(raw)  # type: ignore[arg-type]  # anything float() takes
     except (TypeError, ValueError):
-        value = math.nan
-    valid = math.isfinite(value) and (
-        value in (0, 1, 2, 3, 4) if task == "sst"
-        else value in (0, 1) if task == "qqp"
-        else 0.0 <= value <= 5.0)
+        value = math.nan  # fails every test below, as do nan and inf themselves
+    valid = (value in (0, 1, 2, 3, 4) if task == "sst"
+             else value in (0, 1) if task == "qqp"
+             else 0.0 <= value <= 5.0)
     if not valid:
         raise ValueError(f"{column}: expected {expected}, got {raw!r}")
     return int(value) if task == "sst" else value
