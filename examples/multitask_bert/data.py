@@ -16,16 +16,20 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .csv_data import FILES, read_split, resolve_path, unquote_nested
-from .data_checks import SPLITS, TASKS, DataFileError
-from .task_split import LABEL_COLUMN, PAIR_TASKS, TEXT_COLUMNS, TaskSplit, normalize_ptb, subsample
-
-__all__ = [
-    "FILES", "LABEL_COLUMN", "PAIR_TASKS", "SPLITS", "TASKS", "TEXT_COLUMNS", "DataFileError",
-    "TaskSplit", "TokenCache", "TokenizedTask", "collate", "mine_positive_pairs",
-    "normalize_ptb", "read_split", "resolve_path", "subsample", "unquote_nested",
-]
-
+# re-exported (``name as name``): the callers import the reading names from here
+from .csv_data import FILES as FILES
+from .csv_data import read_split as read_split
+from .csv_data import resolve_path as resolve_path
+from .csv_data import unquote_nested as unquote_nested
+from .data_checks import SPLITS as SPLITS
+from .data_checks import TASKS as TASKS
+from .data_checks import DataFileError as DataFileError
+from .task_split import LABEL_COLUMN as LABEL_COLUMN
+from .task_split import PAIR_TASKS as PAIR_TASKS
+from .task_split import TEXT_COLUMNS as TEXT_COLUMNS
+from .task_split import TaskSplit as TaskSplit
+from .task_split import normalize_ptb as normalize_ptb
+from .task_split import subsample as subsample
 
 # ----------------------------------------------------------------------------- tokenization
 

@@ -1,6 +1,6 @@
 """The checks every data reader applies, and how it reports what it finds.
 
-Both readers (the CS224N CSV files in :mod:`multitask_bert.data`, the Hugging Face hub in
+Both readers (the CS224N CSV files in :mod:`multitask_bert.csv_data`, the Hugging Face hub in
 :mod:`multitask_bert.hub_data`) sort each row into one of three kinds:
 
 - **kept**: an id, its sentence(s) and, for train/dev, a valid label;
@@ -11,6 +11,8 @@ Both readers (the CS224N CSV files in :mod:`multitask_bert.data`, the Hugging Fa
   id, a wrong number of fields, broken quoting, bytes that are not UTF-8): logged as an error
   with its place. After the whole source is read, one :class:`DataFileError` names them all,
   so a file with several bad rows is fixed in one pass and nothing is dropped in silence.
+
+A source with no kept row at all (a header alone, or only skipped rows) is an error too.
 """
 
 from __future__ import annotations
