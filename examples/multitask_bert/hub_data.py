@@ -176,7 +176,7 @@ def load_task_splits(source: str = "csv", data_dir: str | Path | None = None, *,
                      ) -> tuple[dict[str, dict[str, TaskSplit]], list[str]]:
     """``{split: {task: TaskSplit}}`` from one source, and the test files that are missing.
 
-    A missing CSV test file (the CS224N release lacks Quora's) is logged, left out of the
+    A missing CSV test file (this project's copy lacks Quora's) is logged, left out of the
     result and its expected path(s) listed in the second value; a missing train or dev file
     raises. The hub has every split, so its list is empty.
 
