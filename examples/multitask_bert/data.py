@@ -174,17 +174,3 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._cache)
-
-
-def mine_positive_pairs(split: TaskSplit, sts_threshold: float = 4.0) -> list[tuple[str, str]]:
-    """Positive sentence pairs for supervised SimCSE: QQP duplicates, STS pairs >= threshold.
-
-    >>> s = TaskSplit("qqp", "train", Path("x"), ["a", "b"], ["q1", "q2"], ["p1", "p2"], [1.0, 0.0])
-    >>> mine_positive_pairs(s)
-    [('q1', 'p1')]
-    """
-    if split.sent2 is None or split.labels is None:
-        raise ValueError(f"{split.task} {split.split}: positive mining needs labelled pairs")
-    cut = 1.0 if split.task == "qqp" else sts_threshold
-    return [(a, b) for a, b, y in zip(split.sent1, split.sent2, split.labels, strict=True)
-            if y >= cut]

@@ -1,4 +1,5 @@
-"""CSV parsing (every quirk of ../shared/data/README.md), tokenization, batching."""
+"""CSV parsing (every quirk of ../shared/data/README.md) and tokenization (the training
+batches are tested in test_pipeline_batching.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import pytest
 import torch
 from pipeline_helpers import write_rows
 
-from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
 from multitask_bert.data import (
-    TaskSplit,
     TokenCache,
     TokenizedTask,
-    mine_positive_pairs,
     normalize_ptb,
     read_split,
     resolve_path,
@@ -170,49 +168,3 @@ def test_token_cache_tokenizes_once(data_dir: Path, tiny_model_dir: Path) -> Non
     for _ in range(3):  # "epochs"
         assert cache.get(sst, "cross") is first
     assert len(calls) == 1
-
-
-def test_length_grouped_sampler() -> None:
-    lengths = [(i * 7) % 23 + 1 for i in range(100)]
-    s = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=True, seed=3, group_batches=4)
-    batches = list(s)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(100)) and len(batches) == len(s) == 13
-    # within a group the batches are length-sorted: padding waste is far below random batching
-    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
-    perm = torch.randperm(100, generator=torch.Generator().manual_seed(0)).tolist()
-    rand = [perm[i:i + 8] for i in range(0, 100, 8)]
-    rand_waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
-                     for b in rand)
-    assert waste < rand_waste / 2
-    assert list(s) == batches  # deterministic for a fixed epoch
-    s.set_epoch(1)
-    assert list(s) != batches
-    s.set_epoch(0, start=5)
-    assert list(s) == batches[5:] and len(s) == 8
-    ev = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=False)
-    firsts = [lengths[b[0]] for b in ev]
-    assert firsts == sorted(firsts, reverse=True)
-
-
-def test_task_stream_resumes_exactly(data_dir: Path, tiny_model_dir: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ds = TokenizedTask(read_split(data_dir, "sts", "train"), tok, "cross", 64)
-    a = TaskStream(make_loader(ds, 5, True, seed=0))
-    seen = [a.next()["index"].tolist() for _ in range(7)]  # crosses a pass boundary (5/pass)
-    assert a.state_dict() == {"passes": 1, "pos": 2}
-    b = TaskStream(make_loader(ds, 5, True, seed=0))
-    b.load_state_dict({"passes": 0, "pos": 3})
-    assert [b.next()["index"].tolist() for _ in range(4)] == seen[3:]
-    # one pass covers every row once
-    assert sorted(i for s in seen[:5] for i in s) == list(range(24))
-
-
-def test_mine_positive_pairs() -> None:
-    sts = TaskSplit("sts", "train", Path("x"), ["a", "b", "c"], ["1", "2", "3"],
-                    ["x", "y", "z"], [4.0, 3.9, 5.0])
-    assert mine_positive_pairs(sts) == [("1", "x"), ("3", "z")]
-    with pytest.raises(ValueError):
-        mine_positive_pairs(TaskSplit("sst", "train", Path("x"), ["a"], ["s"], None, [1]))
