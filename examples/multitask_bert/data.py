@@ -10,7 +10,6 @@ apply in :mod:`multitask_bert.data_checks`; length-aware batching in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path  # noqa: F401 (the doctests use it)
 from typing import Any
 
 import torch
