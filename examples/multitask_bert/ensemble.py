@@ -27,11 +27,12 @@ import torch
 
 from .checkpoint import load_latest
 from .config import RunConfig
-from .data import TaskSplit, TokenCache, TokenizedTask, read_split, subsample
+from .data import TaskSplit, TokenCache, TokenizedTask, subsample
 from .evaluate import Predictions, dev_scores, model_outputs
+from .hub_data import load_task_splits
 from .model import predict
 from .pair_features import CosineFeatures
-from .pipeline import build_model, read_test_split, resolve_device
+from .pipeline import build_model, resolve_device
 from .precision import resolve_precision
 from .report import (
     atomic_write_text,
@@ -194,20 +195,19 @@ def combine(dirs: Sequence[str | Path], out: str | Path, *, data_dir: str | None
             max_eval_per_task: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Combine finished runs into ``out`` (what a single run writes); its metrics.
 
-    ``data_dir`` defaults to the first member's. ``train_seconds`` is the sum of the members':
+    The data are the first member's (its ``--data-source``; ``data_dir`` overrides its
+    directory). ``train_seconds`` is the sum of the members':
     running them over the dev and test sets is prediction work, as a run's evaluation is.
     ``max_eval_per_task`` (debug) predicts a seeded subset of each split, as a run does.
     """
     members = [Member.read(d) for d in dirs]
-    data_dir = data_dir or members[0].config.data_dir
+    first = members[0].config
     tasks = [t for t in ("sst", "qqp", "sts") if any(t in m.config.tasks for m in members)]
-    splits: dict[str, dict[str, Any]] = {"dev": {}, "test": {}}
-    missing: list[str] = []
-    for t in tasks:
-        splits["dev"][t] = subsample(read_split(data_dir, t, "dev"), max_eval_per_task, seed)
-        test = read_test_split(data_dir, t, missing)
-        if test is not None:
-            splits["test"][t] = subsample(test, max_eval_per_task, seed)
+    splits, missing = load_task_splits(first.data_source, data_dir or first.data_dir,
+                                       tasks=tasks, splits=("dev", "test"),
+                                       hub_root=first.hub_root)
+    splits = {s: {t: subsample(sp, max_eval_per_task, seed) for t, sp in d.items()}
+              for s, d in splits.items()}
     preds = ensemble_predictions(members, splits, resolve_device(device), progress=progress)
     out = Path(out)
     for (t, s), p in preds.items():

@@ -116,7 +116,7 @@ def parse_config(argv: Sequence[str] | None = None,
         cfg = dataclasses.replace(base, **given)
     except ValueError as exc:
         parser.error(str(exc))
-    if not cfg.data_dir:
+    if cfg.data_source == "csv" and not cfg.data_dir:
         parser.error("--data-dir: expected the directory of the CS224N CSV files (or set "
                      "$MTLKIT_DATA_DIR), got none")
     return cfg

@@ -21,16 +21,7 @@ import torch
 
 from .config import RunConfig
 from .contrastive import contrastive_stage
-from .data import (
-    FILES,
-    PAIR_TASKS,
-    TaskSplit,
-    TokenCache,
-    TokenizedTask,
-    read_split,
-    resolve_path,
-    subsample,
-)
+from .data import PAIR_TASKS, TaskSplit, TokenCache, TokenizedTask, resolve_path, subsample
 from .distributed import (
     DistEnv,
     broadcast_module,
@@ -40,6 +31,7 @@ from .distributed import (
 )
 from .evaluate import dev_scores, predict_split
 from .final import finish
+from .hub_data import load_task_splits
 from .model import MultiTaskBert, load_backbone
 from .pair_features import CosineFeatures, fit_feature_heads
 from .precision import Precision, resolve_precision
@@ -57,37 +49,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_splits(cfg: RunConfig) -> tuple[dict[str, dict[str, TaskSplit]], list[str]]:
-    """``{split: {task: TaskSplit}}`` for train/dev/test; missing test files are listed."""
-    out: dict[str, dict[str, TaskSplit]] = {"train": {}, "dev": {}, "test": {}}
-    missing: list[str] = []
-    for task in cfg.tasks:
-        for split in ("train", "dev"):
-            out[split][task] = read_split(cfg.data_dir, task, split)
-        test = read_test_split(cfg.data_dir, task, missing)
-        if test is not None:
-            out["test"][task] = test
-        out["train"][task] = subsample(out["train"][task], cfg.max_train_per_task, cfg.seed)
-        out["dev"][task] = subsample(out["dev"][task], cfg.max_eval_per_task, cfg.seed)
-        if task in out["test"]:
-            out["test"][task] = subsample(out["test"][task], cfg.max_eval_per_task, cfg.seed)
+    """``{split: {task: TaskSplit}}`` for train/dev/test from ``--data-source`` (the CS224N
+    files or the hub); missing test files are listed. ``--max-train-per-task`` and
+    ``--max-eval-per-task`` keep seeded subsets."""
+    out, missing = load_task_splits(cfg.data_source, cfg.data_dir, tasks=cfg.tasks,
+                                    hub_root=cfg.hub_root)
+    for split, limit in (("train", cfg.max_train_per_task), ("dev", cfg.max_eval_per_task),
+                         ("test", cfg.max_eval_per_task)):
+        out[split] = {t: subsample(sp, limit, cfg.seed) for t, sp in out[split].items()}
     return out, missing
-
-
-def read_test_split(data_dir: str | Path, task: str, missing: list[str]) -> TaskSplit | None:
-    """``task``'s test split, or None with a warning and its expected paths added to
-    ``missing`` (the data set lacks some test files, e.g. Quora's).
-
-    >>> import tempfile
-    >>> missing = []
-    >>> read_test_split(tempfile.mkdtemp(), "sts", missing), Path(missing[0]).name
-    (None, 'sts-test-student.csv')
-    """
-    try:
-        return read_split(data_dir, task, "test")
-    except FileNotFoundError as exc:
-        logger.warning("%s; no %s test predictions will be written", exc, task)
-        missing.extend(str(Path(data_dir) / n) for n in FILES[(task, "test")])
-        return None
 
 
 def build_model(cfg: RunConfig, report: dict[str, Any] | None = None
@@ -142,7 +112,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ValueError: no data directory.
     """
-    if not cfg.data_dir:
+    if cfg.data_source == "csv" and not cfg.data_dir:
         raise ValueError("--data-dir: expected the directory of the CS224N CSV files (or "
                          "$MTLKIT_DATA_DIR), got none")
     if cfg.ensemble:
@@ -188,7 +158,8 @@ def _run(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for task in cfg.tasks:  # fail fast on a missing file, before loading a model
         for split in ("train", "dev"):
-            resolve_path(cfg.data_dir, task, split)
+            if cfg.data_source == "csv":
+                resolve_path(cfg.data_dir, task, split)
     precision = resolve_precision(cfg.precision, device)
     loading: dict[str, Any] = {}
     model, tokenizer = build_model(cfg, loading)

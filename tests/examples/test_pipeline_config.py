@@ -170,3 +170,9 @@ def test_member_groups_are_checked() -> None:
     with pytest.raises(ValueError, match="--select: needs --mixture full"):  # members checked
         RunConfig(select="per-task", mixture="full",
                   ensemble=(MemberGroup(1, {"mixture": "none"}),))
+
+
+def test_the_hub_source_needs_no_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MTLKIT_DATA_DIR", raising=False)
+    cfg = cli.parse_args(["--data-source", "hub", "--hub-root", "/copies"])
+    assert (cfg.data_source, cfg.data_dir, cfg.hub_root) == ("hub", None, "/copies")

@@ -228,3 +228,28 @@ def test_smart_mode_reaches_smartloss() -> None:
         assert all(loss.project is project for loss in term.losses.values())
         assert {t: loss.kind for t, loss in term.losses.items()} == {
             "sst": "classification", "qqp": "binary", "sts": "regression"}
+
+
+def test_the_same_tasks_from_the_hub_source(tiny_model_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data-source hub`` (local copies in the hub's layouts, nothing downloads): no
+    ``--data-dir`` needed, the hub's splits are trained on, evaluated and predicted."""
+    import datasets
+    from test_pipeline_data_hub import QQP, SST, STS, _write_glue, _write_sst5
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MTLKIT_DATA_DIR", raising=False)
+    root = tmp_path / "hub"
+    _write_sst5(root, SST)
+    _write_glue(root, QQP, STS)
+    m = cli.main(["--model", str(tiny_model_dir), "--data-source", "hub", "--hub-root",
+                  str(root), "--out", str(tmp_path / "out"), "--epochs", "1", "--batch-size",
+                  "4", "--max-length", "32", "--no-progress", "--log-every", "0", "--threads",
+                  "1", "--no-plots"])
+    assert m["data"]["qqp-train"] == {"rows": 3, "skipped": 1,
+                                      "file": f"{root / 'nyu-mll' / 'glue'} (qqp) train"}
+    assert m["global_steps"] == 1 and m["missing_files"] == []
+    assert set(m["best_dev"]) == {"sst", "qqp", "sts", "overall"}
+    ids = [line.split(",")[0] for line in
+           (tmp_path / "out" / "predictions" / "qqp-test.csv").read_text().splitlines()[1:]]
+    assert len(ids) == len(QQP["test"])
