@@ -11,7 +11,7 @@ step, mtlkit's and torchjd's once each (medians), so that load from other proces
 three alike; memory is the peak RSS growth (VmHWM) of a fresh process per method.
 
     python benchmarks/bench_weightings.py [--steps 10] [--warmup 2] [--only pcgrad,mgda]
-                                          [--layouts S,C] [--no-memory]
+                                          [--layouts S,C] [--no-memory] [--threads 2]
 
 Targets: every Gramian weighting at most 1.15x plain in S, every loss-based one at most 1.03x,
 each at least 3x faster than torchjd's same method. The last line is
@@ -150,7 +150,6 @@ def time_group(methods: list[str], name: str, layout: str, steps: int,
 
 
 def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
-    torch.set_num_threads(THREADS)
     step = build(method, name, layout)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # reset VmHWM to the current RSS, once the model is built
@@ -162,7 +161,8 @@ def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
 
 def peak_memory(method: str, name: str, layout: str, steps: int = 3) -> float:
     out = subprocess.run([sys.executable, __file__, "--memory-child", method, name or "-",
-                          layout, str(steps)], check=True, capture_output=True, text=True).stdout
+                          layout, str(steps), "--threads", str(torch.get_num_threads())],
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
 
 
@@ -214,13 +214,15 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated weighting names")
     parser.add_argument("--layouts", default="S,C", help="S, C or S,C")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads (1 gives steadier ratios on a loaded machine)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.memory_child:
         method, name, layout, steps = args.memory_child
         peak_memory_child(method, "" if name == "-" else name, layout, int(steps))
         return
-    torch.set_num_threads(THREADS)
     found = discover()
     names = [n for n in found if not args.only or n in args.only.split(",")]
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
