@@ -49,7 +49,13 @@ def discover() -> dict[str, object]:
     from mtlkit import weighting as w
 
     if hasattr(w, "NAMES") and hasattr(w, "by_name"):
-        return {name: w.by_name(name) for name in w.NAMES}
+        found = {}
+        for name in w.NAMES:
+            try:
+                found[name] = w.by_name(name)
+            except TypeError:  # the loss weightings need the number of tasks
+                found[name] = w.by_name(name, num_tasks=len(TASKS))
+        return found
     found = {}
     for name in w.__all__:
         cls = getattr(w, name)

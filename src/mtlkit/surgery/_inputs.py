@@ -21,7 +21,13 @@ def resolve_weighting(weighting: object) -> AnyWeighting:
                 "weighting: expected a Weighting or LossWeighting instance (this version has "
                 f"no mtlkit.weighting.by_name), got the name {weighting!r}"
             )
-        return by_name(weighting)
+        try:
+            return by_name(weighting)
+        except TypeError as exc:  # a loss weighting needs the number of tasks
+            raise TypeError(
+                f"weighting: expected a name that needs no arguments, got {weighting!r} ({exc});"
+                f" pass an instance, e.g. mtlkit.weighting.by_name({weighting!r}, num_tasks=T)"
+            ) from exc
     if isinstance(weighting, (weightings.Weighting, weightings.LossWeighting)):
         return weighting
     if isinstance(weighting, type):
