@@ -80,7 +80,7 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             that ignore that scale (PCGrad, UPGrad, MGDA, Mean, Sum).
 
     One step reads the device once (the Gramian, the weights and the loss finiteness flags in
-    one copy); a weighting whose ``on_host`` attribute is true (PCGrad) is handed that host
+    one copy); a weighting whose ``on_host`` attribute is true (a host loop) is handed that host
     copy of the Gramian. A non-finite loss sets the managed gradients to NaN, so that a
     ``GradScaler`` skips the step, and makes a direct :meth:`step` raise ``ValueError``; a
     non-finite gradient writes the plain sum, overflow included, for the scaler to see.
