@@ -194,17 +194,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def report(rows: dict[tuple[str, str], dict], kinds: dict[str, str]) -> list[str]:
-    print("| layout | weighting | kind | plain ms | mtlkit ms | x plain | torchjd ms | x plain "
-          "| torchjd / mtlkit | plain MiB | mtlkit MiB | torchjd MiB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+HEADER = ("| layout | weighting | kind | plain ms | mtlkit ms | x plain | torchjd ms | x plain "
+          "| torchjd / mtlkit | plain MiB | mtlkit MiB | torchjd MiB |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def row_line(layout: str, name: str, kind: str, r: dict) -> str:
+    return (f"| {layout} | {name} | {kind} | {r['plain_ms']:.1f} | {r['mtlkit_ms']:.1f}"
+            f" | {r['ratio']:.2f} | {_fmt(r['torchjd_ms'], '.1f')} | "
+            f"{_fmt(r['torchjd_ratio'], '.2f')} | {_fmt(r['speedup'], '.1f')} | "
+            f"{_fmt(r.get('plain_mb'), '.0f')} | {_fmt(r.get('mtlkit_mb'), '.0f')} | "
+            f"{_fmt(r.get('torchjd_mb'), '.0f')} |")
+
+
+def misses_of(rows: dict[tuple[str, str], dict], kinds: dict[str, str]) -> list[str]:
     misses = []
     for (layout, name), r in rows.items():
-        print(f"| {layout} | {name} | {kinds[name]} | {r['plain_ms']:.1f} | {r['mtlkit_ms']:.1f}"
-              f" | {r['ratio']:.2f} | {_fmt(r['torchjd_ms'], '.1f')} | "
-              f"{_fmt(r['torchjd_ratio'], '.2f')} | {_fmt(r['speedup'], '.1f')} | "
-              f"{_fmt(r.get('plain_mb'), '.0f')} | {_fmt(r.get('mtlkit_mb'), '.0f')} | "
-              f"{_fmt(r.get('torchjd_mb'), '.0f')} |")
         target = GRAMIAN_TARGET if kinds[name] == "gramian" else LOSS_TARGET
         if layout == "S" and r["ratio"] > target:
             misses.append(f"{name} {r['ratio']:.2f}x plain in S (target {target})")
@@ -234,9 +239,13 @@ def main() -> None:
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weightings: "
           f"{', '.join(names)}\n")
-    rows = {(layout, n): measure(n, found[n], layout, args)
-            for layout in args.layouts.split(",") for n in names}
-    misses = report(rows, kinds)
+    print(HEADER, flush=True)
+    rows = {}
+    for layout in args.layouts.split(","):
+        for n in names:
+            rows[(layout, n)] = measure(n, found[n], layout, args)
+            print(row_line(layout, n, kinds[n], rows[(layout, n)]), flush=True)
+    misses = misses_of(rows, kinds)
     print()
     print("targets met" if not misses else "targets missed: " + "; ".join(misses))
     gramian_s = [r["ratio"] for (layout, n), r in rows.items()
