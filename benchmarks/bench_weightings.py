@@ -7,8 +7,9 @@ forward per task, layout C one forward over the concatenated batch. Every weight
 classes it exports), through ``mtlkit.MultiTaskOptimizer`` with the encoder as shared
 parameters, and beside it torchjd's aggregator of the same method (``mtl_backward`` then
 ``jac_to_grad``) where torchjd has one. Each weighting is timed in rounds that run the plain
-step, mtlkit's and torchjd's once each (medians), so that load from other processes hits all
-three alike; memory is the peak RSS growth (VmHWM) of a fresh process per method.
+step, mtlkit's and torchjd's once each, in a rotating order; a ratio is the median over rounds
+of the two times of the same round, so that load from other processes hits both alike. Step
+times are medians; memory is the peak RSS growth (VmHWM) of a fresh process per method.
 
     python benchmarks/bench_weightings.py [--steps 10] [--warmup 2] [--only pcgrad,mgda]
                                           [--layouts S,C] [--no-memory] [--threads 2]
@@ -142,17 +143,25 @@ def build(method: str, name: str, layout: str) -> Callable[[dict], None]:
 
 
 def time_group(methods: list[str], name: str, layout: str, steps: int,
-               warmup: int) -> dict[str, float]:
+               warmup: int) -> dict[str, list[float]]:
+    """Each method's step times, one per round; every round runs each method once, in a
+    rotating order, so that a method's time and the plain one of the same round share the
+    machine's load."""
     fns = {m: build(m, name if m != "plain" else "", layout) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(warmup + steps):
         batches = make_batches(r)
-        for m in methods:
+        for m in methods[r % len(methods):] + methods[: r % len(methods)]:
             start = time.perf_counter()
             fns[m](batches)
             if r >= warmup:
                 times[m].append(time.perf_counter() - start)
-    return {m: statistics.median(v) for m, v in times.items()}
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time over ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
@@ -175,13 +184,14 @@ def peak_memory(method: str, name: str, layout: str, steps: int = 3) -> float:
 def measure(name: str, weighting, layout: str, args) -> dict[str, float | None]:
     has_jd = torchjd_aggregator(name, weighting) is not None
     methods = ["plain", "mtlkit", *(["torchjd"] if has_jd else [])]
-    med = time_group(methods, name, layout, args.steps, args.warmup)
+    times = time_group(methods, name, layout, args.steps, args.warmup)
+    med = {m: statistics.median(v) for m, v in times.items()}
     row: dict[str, float | None] = {
         "plain_ms": med["plain"] * 1e3, "mtlkit_ms": med["mtlkit"] * 1e3,
-        "ratio": med["mtlkit"] / med["plain"],
+        "ratio": paired(times, "mtlkit", "plain"),
         "torchjd_ms": med["torchjd"] * 1e3 if has_jd else None,
-        "torchjd_ratio": med["torchjd"] / med["plain"] if has_jd else None,
-        "speedup": med["torchjd"] / med["mtlkit"] if has_jd else None,
+        "torchjd_ratio": paired(times, "torchjd", "plain") if has_jd else None,
+        "speedup": paired(times, "torchjd", "mtlkit") if has_jd else None,
     }
     if not args.no_memory:
         row["plain_mb"] = peak_memory("plain", "", layout)
