@@ -342,9 +342,9 @@ def test_a_loss_weighting_is_refused_where_it_cannot_work():
                                          r"the optimizer owns .*\['log_var'\]"):
         MultiTaskOptimizer(torch.optim.SGD([theta], lr=0.1), weighting)
     sgd = torch.optim.SGD([theta, *weighting.parameters()], lr=0.1)
-    with pytest.raises(ValueError, match=r"^shared_params: expected None with a loss weighting"):
-        MultiTaskOptimizer(sgd, weighting, shared_params=[theta])
-    opt = MultiTaskOptimizer(sgd, weighting)
+    with pytest.raises(ValueError, match=r"^shared_params: expected at least one parameter"):
+        MultiTaskOptimizer(sgd, weighting, shared_params=[])  # checked, though unused
+    opt = MultiTaskOptimizer(sgd, weighting, shared_params=[theta])
     with pytest.raises(TypeError, match=r"^task_backward: expected a Gramian weighting"):
         opt.task_backward("a", theta.sum())
     opt.backward([theta.sum(), theta.sum() * float("nan")])

@@ -83,17 +83,11 @@ def check_shared_params(shared: list[torch.Tensor], param_groups: Sequence[Mappi
 
 def check_parameters(weighting: AnyWeighting, explicit: list[torch.Tensor] | None,
                      param_groups: Sequence[Mapping]) -> None:
-    """Explicit shared parameters for a Gramian weighting; owned parameters for a loss one."""
-    if weighting.requires_gramian:
-        if explicit is not None:
-            check_shared_params(explicit, param_groups)
-        return
+    """Explicit shared parameters (either kind); a loss weighting's own are owned."""
     if explicit is not None:
-        raise ValueError(
-            "shared_params: expected None with a loss weighting (it combines no per-task "
-            f"gradients), got {len(explicit)} parameter(s)"
-        )
-    check_owned(weighting, param_groups)
+        check_shared_params(explicit, param_groups)
+    if not weighting.requires_gramian:
+        check_owned(weighting, param_groups)
 
 
 def check_owned(weighting: torch.nn.Module, param_groups: Sequence[Mapping]) -> None:
