@@ -7,7 +7,7 @@ concatenated batch. Times are medians over rounds that run every method once eac
 load from other processes hits all methods alike; memory is the peak RSS growth (VmHWM) of a
 fresh process per method over its training steps (optimizer state included).
 
-    python benchmarks/bench_pcgrad.py [--steps 12] [--warmup 3]
+    python benchmarks/bench_pcgrad.py [--steps 12] [--warmup 3] [--threads 2]
 
 The last line is ``pcgrad/plain (S): X.XX``.
 """
@@ -174,7 +174,6 @@ def _status_kib(field: str) -> int:
 def peak_memory_child(method: str, layout: str, steps: int) -> None:
     # getrusage's ru_maxrss survives fork+exec (a child starts with its parent's peak), so the
     # peak is read from VmHWM after resetting it to the current RSS once the model is built.
-    torch.set_num_threads(THREADS)
     step = build(method, layout)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")
@@ -185,7 +184,8 @@ def peak_memory_child(method: str, layout: str, steps: int) -> None:
 
 
 def peak_memory(method: str, layout: str, steps: int = 3) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", method, layout, str(steps)],
+    out = subprocess.run([sys.executable, __file__, "--memory-child", method, layout, str(steps),
+                          "--threads", str(torch.get_num_threads())],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
 
@@ -203,15 +203,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads (1 gives steadier ratios on a loaded machine)")
     parser.add_argument("--memory-child", nargs=3, metavar=("METHOD", "LAYOUT", "STEPS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.memory_child:
         method, layout, steps = args.memory_child
         peak_memory_child(method, layout, int(steps))
         return
 
-    torch.set_num_threads(THREADS)
     skip = torchjd_available()
     if skip:
         print(f"skipping torchjd: {skip}")

@@ -7,11 +7,12 @@ forward per task, layout C one forward over the concatenated batch. Every weight
 classes it exports), through ``mtlkit.MultiTaskOptimizer`` with the encoder as shared
 parameters, and beside it torchjd's aggregator of the same method (``mtl_backward`` then
 ``jac_to_grad``) where torchjd has one. Each weighting is timed in rounds that run the plain
-step, mtlkit's and torchjd's once each (medians), so that load from other processes hits all
-three alike; memory is the peak RSS growth (VmHWM) of a fresh process per method.
+step, mtlkit's and torchjd's once each, in a rotating order; a ratio is the median over rounds
+of the two times of the same round, so that load from other processes hits both alike. Step
+times are medians; memory is the peak RSS growth (VmHWM) of a fresh process per method.
 
     python benchmarks/bench_weightings.py [--steps 10] [--warmup 2] [--only pcgrad,mgda]
-                                          [--layouts S,C] [--no-memory]
+                                          [--layouts S,C] [--no-memory] [--threads 2]
 
 Targets: every Gramian weighting at most 1.15x plain in S, every loss-based one at most 1.03x,
 each at least 3x faster than torchjd's same method. The last line is
@@ -49,7 +50,13 @@ def discover() -> dict[str, object]:
     from mtlkit import weighting as w
 
     if hasattr(w, "NAMES") and hasattr(w, "by_name"):
-        return {name: w.by_name(name) for name in w.NAMES}
+        found = {}
+        for name in w.NAMES:
+            try:
+                found[name] = w.by_name(name)
+            except TypeError:  # the loss weightings need the number of tasks
+                found[name] = w.by_name(name, num_tasks=len(TASKS))
+        return found
     found = {}
     for name in w.__all__:
         cls = getattr(w, name)
@@ -136,21 +143,28 @@ def build(method: str, name: str, layout: str) -> Callable[[dict], None]:
 
 
 def time_group(methods: list[str], name: str, layout: str, steps: int,
-               warmup: int) -> dict[str, float]:
+               warmup: int) -> dict[str, list[float]]:
+    """Each method's step times, one per round; every round runs each method once, in a
+    rotating order, so that a method's time and the plain one of the same round share the
+    machine's load."""
     fns = {m: build(m, name if m != "plain" else "", layout) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(warmup + steps):
         batches = make_batches(r)
-        for m in methods:
+        for m in methods[r % len(methods):] + methods[: r % len(methods)]:
             start = time.perf_counter()
             fns[m](batches)
             if r >= warmup:
                 times[m].append(time.perf_counter() - start)
-    return {m: statistics.median(v) for m, v in times.items()}
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time over ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
-    torch.set_num_threads(THREADS)
     step = build(method, name, layout)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # reset VmHWM to the current RSS, once the model is built
@@ -162,20 +176,22 @@ def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
 
 def peak_memory(method: str, name: str, layout: str, steps: int = 3) -> float:
     out = subprocess.run([sys.executable, __file__, "--memory-child", method, name or "-",
-                          layout, str(steps)], check=True, capture_output=True, text=True).stdout
+                          layout, str(steps), "--threads", str(torch.get_num_threads())],
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
 
 
 def measure(name: str, weighting, layout: str, args) -> dict[str, float | None]:
     has_jd = torchjd_aggregator(name, weighting) is not None
     methods = ["plain", "mtlkit", *(["torchjd"] if has_jd else [])]
-    med = time_group(methods, name, layout, args.steps, args.warmup)
+    times = time_group(methods, name, layout, args.steps, args.warmup)
+    med = {m: statistics.median(v) for m, v in times.items()}
     row: dict[str, float | None] = {
         "plain_ms": med["plain"] * 1e3, "mtlkit_ms": med["mtlkit"] * 1e3,
-        "ratio": med["mtlkit"] / med["plain"],
+        "ratio": paired(times, "mtlkit", "plain"),
         "torchjd_ms": med["torchjd"] * 1e3 if has_jd else None,
-        "torchjd_ratio": med["torchjd"] / med["plain"] if has_jd else None,
-        "speedup": med["torchjd"] / med["mtlkit"] if has_jd else None,
+        "torchjd_ratio": paired(times, "torchjd", "plain") if has_jd else None,
+        "speedup": paired(times, "torchjd", "mtlkit") if has_jd else None,
     }
     if not args.no_memory:
         row["plain_mb"] = peak_memory("plain", "", layout)
@@ -188,17 +204,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def report(rows: dict[tuple[str, str], dict], kinds: dict[str, str]) -> list[str]:
-    print("| layout | weighting | kind | plain ms | mtlkit ms | x plain | torchjd ms | x plain "
-          "| torchjd / mtlkit | plain MiB | mtlkit MiB | torchjd MiB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+HEADER = ("| layout | weighting | kind | plain ms | mtlkit ms | x plain | torchjd ms | x plain "
+          "| torchjd / mtlkit | plain MiB | mtlkit MiB | torchjd MiB |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def row_line(layout: str, name: str, kind: str, r: dict) -> str:
+    return (f"| {layout} | {name} | {kind} | {r['plain_ms']:.1f} | {r['mtlkit_ms']:.1f}"
+            f" | {r['ratio']:.2f} | {_fmt(r['torchjd_ms'], '.1f')} | "
+            f"{_fmt(r['torchjd_ratio'], '.2f')} | {_fmt(r['speedup'], '.1f')} | "
+            f"{_fmt(r.get('plain_mb'), '.0f')} | {_fmt(r.get('mtlkit_mb'), '.0f')} | "
+            f"{_fmt(r.get('torchjd_mb'), '.0f')} |")
+
+
+def misses_of(rows: dict[tuple[str, str], dict], kinds: dict[str, str]) -> list[str]:
     misses = []
     for (layout, name), r in rows.items():
-        print(f"| {layout} | {name} | {kinds[name]} | {r['plain_ms']:.1f} | {r['mtlkit_ms']:.1f}"
-              f" | {r['ratio']:.2f} | {_fmt(r['torchjd_ms'], '.1f')} | "
-              f"{_fmt(r['torchjd_ratio'], '.2f')} | {_fmt(r['speedup'], '.1f')} | "
-              f"{_fmt(r.get('plain_mb'), '.0f')} | {_fmt(r.get('mtlkit_mb'), '.0f')} | "
-              f"{_fmt(r.get('torchjd_mb'), '.0f')} |")
         target = GRAMIAN_TARGET if kinds[name] == "gramian" else LOSS_TARGET
         if layout == "S" and r["ratio"] > target:
             misses.append(f"{name} {r['ratio']:.2f}x plain in S (target {target})")
@@ -214,21 +235,27 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated weighting names")
     parser.add_argument("--layouts", default="S,C", help="S, C or S,C")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads (1 gives steadier ratios on a loaded machine)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.memory_child:
         method, name, layout, steps = args.memory_child
         peak_memory_child(method, "" if name == "-" else name, layout, int(steps))
         return
-    torch.set_num_threads(THREADS)
     found = discover()
     names = [n for n in found if not args.only or n in args.only.split(",")]
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weightings: "
           f"{', '.join(names)}\n")
-    rows = {(layout, n): measure(n, found[n], layout, args)
-            for layout in args.layouts.split(",") for n in names}
-    misses = report(rows, kinds)
+    print(HEADER, flush=True)
+    rows = {}
+    for layout in args.layouts.split(","):
+        for n in names:
+            rows[(layout, n)] = measure(n, found[n], layout, args)
+            print(row_line(layout, n, kinds[n], rows[(layout, n)]), flush=True)
+    misses = misses_of(rows, kinds)
     print()
     print("targets met" if not misses else "targets missed: " + "; ".join(misses))
     gramian_s = [r["ratio"] for (layout, n), r in rows.items()

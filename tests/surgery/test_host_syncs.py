@@ -104,3 +104,32 @@ def test_a_read_inside_a_weighting_is_counted():
     with counting(*params, *xs) as reads:
         opt.backward(losses_of(body, heads, xs))
     assert len(reads.reads) == 2, reads.reads
+
+
+class HostLoop(Weighting):
+    """Weights from a Python loop over the Gramian's entries: it must run on the host."""
+
+    on_host = True
+
+    def weights(self, gramian):
+        g = gramian.tolist()
+        return torch.tensor([1.0 / (1.0 + abs(g[i][i])) for i in range(len(g))],
+                            dtype=torch.float64)
+
+
+def test_an_on_host_weighting_is_handed_the_host_copy():
+    body, heads, xs = model_and_batch(3)
+    params = [*body.parameters(), *heads.parameters()]
+    opt = MultiTaskOptimizer(torch.optim.SGD(params, lr=0.1), HostLoop())
+    with counting(*params, *xs) as reads:
+        stats = opt.backward(losses_of(body, heads, xs))
+    assert len(reads.reads) == 1, reads.reads  # its tolist() reads the host copy
+    HostLoop.on_host = False
+    try:
+        opt = MultiTaskOptimizer(torch.optim.SGD(params, lr=0.1), HostLoop())
+        with counting(*params, *xs) as reads:
+            again = opt.backward(losses_of(body, heads, xs))
+        assert len(reads.reads) == 2, reads.reads  # handed the device Gramian: one more read
+    finally:
+        HostLoop.on_host = True
+    assert stats.finite and again.finite

@@ -12,6 +12,7 @@ from weightings_for_tests import Fixed, LogSumExp, LogVariance, RunningNorm
 
 from gloo_ranks import run_on_ranks
 from mtlkit import MultiTaskOptimizer
+from mtlkit import weighting as weightings
 from mtlkit.weighting import PCGrad as PCGradWeighting
 
 pytestmark = pytest.mark.slow  # spawns 2 processes
@@ -25,6 +26,12 @@ CASES = {  # name -> (weighting factory, explicit shared params)
     "log_variance": (lambda: LogVariance(len(TASKS)), False),
     "logsumexp": (lambda: LogSumExp(), False),
 }
+if hasattr(weightings, "by_name"):  # the library family, once it has landed
+    CASES.update({
+        "upgrad_explicit": (lambda: weightings.by_name("upgrad"), True),
+        "nash_mtl_auto": (lambda: weightings.by_name("nash_mtl"), False),
+        "dwa": (lambda: weightings.by_name("dwa", num_tasks=len(TASKS)), False),
+    })
 
 
 class Net(torch.nn.Module):

@@ -2,8 +2,8 @@
 
 The step's one host synchronisation is :func:`_read`: the Gramian, the loss finiteness flags
 and (for a weighting that runs on the device) the weights travel to the host together. A
-weighting marked ``on_host`` (PCGrad's visiting loop) is given the host copy of the Gramian
-instead, so it reads nothing itself. Everything before the read is queued on the device.
+weighting marked ``on_host`` (a Python loop over the entries) is given the host copy of the
+Gramian instead, so it reads nothing itself. Everything before the read is queued on the device.
 
 Only when something is not finite does the step read again: it then tells a non-finite loss
 (every managed gradient set to NaN, so a ``GradScaler`` skips the step) from a non-finite

@@ -21,7 +21,13 @@ def resolve_weighting(weighting: object) -> AnyWeighting:
                 "weighting: expected a Weighting or LossWeighting instance (this version has "
                 f"no mtlkit.weighting.by_name), got the name {weighting!r}"
             )
-        return by_name(weighting)
+        try:
+            return by_name(weighting)
+        except TypeError as exc:  # a loss weighting needs the number of tasks
+            raise TypeError(
+                f"weighting: expected a name that needs no arguments, got {weighting!r} ({exc});"
+                f" pass an instance, e.g. mtlkit.weighting.by_name({weighting!r}, num_tasks=T)"
+            ) from exc
     if isinstance(weighting, (weightings.Weighting, weightings.LossWeighting)):
         return weighting
     if isinstance(weighting, type):
@@ -77,17 +83,11 @@ def check_shared_params(shared: list[torch.Tensor], param_groups: Sequence[Mappi
 
 def check_parameters(weighting: AnyWeighting, explicit: list[torch.Tensor] | None,
                      param_groups: Sequence[Mapping]) -> None:
-    """Explicit shared parameters for a Gramian weighting; owned parameters for a loss one."""
-    if weighting.requires_gramian:
-        if explicit is not None:
-            check_shared_params(explicit, param_groups)
-        return
+    """Explicit shared parameters (either kind); a loss weighting's own are owned."""
     if explicit is not None:
-        raise ValueError(
-            "shared_params: expected None with a loss weighting (it combines no per-task "
-            f"gradients), got {len(explicit)} parameter(s)"
-        )
-    check_owned(weighting, param_groups)
+        check_shared_params(explicit, param_groups)
+    if not weighting.requires_gramian:
+        check_owned(weighting, param_groups)
 
 
 def check_owned(weighting: torch.nn.Module, param_groups: Sequence[Mapping]) -> None:

@@ -57,8 +57,9 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         weighting: A weighting instance, or a name for ``mtlkit.weighting.by_name``.
         shared_params: The parameters whose task gradients are combined. ``None`` (default):
             those that two or more tasks' losses reach in each step, found by hooks during
-            the backward passes. They must be in the optimizer's param groups. Ignored
-            (must be ``None``) with a loss weighting.
+            the backward passes. They must be in the optimizer's param groups. With a loss
+            weighting they are checked but change nothing (no per-task gradient is formed),
+            so that one call site can switch between the two kinds.
         reduction: ``"sum"`` or ``"mean"`` (the weights divided by T). It applies to the
             shared parameters; task-specific parameters always get their task's gradient.
         sync: What happens across processes when a ``torch.distributed`` process group with
@@ -80,7 +81,7 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             that ignore that scale (PCGrad, UPGrad, MGDA, Mean, Sum).
 
     One step reads the device once (the Gramian, the weights and the loss finiteness flags in
-    one copy); a weighting whose ``on_host`` attribute is true (PCGrad) is handed that host
+    one copy); a weighting whose ``on_host`` attribute is true (a host loop) is handed that host
     copy of the Gramian. A non-finite loss sets the managed gradients to NaN, so that a
     ``GradScaler`` skips the step, and makes a direct :meth:`step` raise ``ValueError``; a
     non-finite gradient writes the plain sum, overflow included, for the scaler to see.
