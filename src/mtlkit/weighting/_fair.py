@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlkit.weighting._linalg import ridged, unit_gramian
+from mtlkit.weighting._linalg import cholesky_solve, constant, ridged, unit_gramian
 
 NEWTON_ITERATIONS = 12
 """Newton iterations. From the diagonal solution rescaled along its ray, the relative residual
@@ -55,17 +55,21 @@ def alpha_fair_weights(gramian: torch.Tensor, alpha: float) -> torch.Tensor:
     c = (log_c - log_cmax).exp()
     y = c.pow(alpha / (alpha + 1.0))  # exact for orthogonal gradients, then rescaled on its ray
     y = y * ((c * y.pow(1.0 - 1.0 / alpha)).sum() / (y @ c_mat @ y)).pow(alpha / (alpha + 1.0))
-    steps = torch.tensor(STEPS, dtype=y.dtype, device=y.device)
+    steps = constant(STEPS, y.dtype, y.device)
     for _ in range(NEWTON_ITERATIONS):
         pull = c * y.pow(-1.0 / alpha)
         grad = c_mat @ y - pull
         hessian = c_mat + torch.diag(pull / (alpha * y))
-        step = -torch.cholesky_solve(grad[:, None], torch.linalg.cholesky_ex(hessian).L)[:, 0]
+        step = -cholesky_solve(torch.linalg.cholesky_ex(hessian).L, grad[:, None])[:, 0]
         limit = torch.where(step < 0, -y / step.clamp_max(-1e-300), torch.inf).amin()
         candidates = y + torch.minimum(steps, 0.99 * limit)[:, None] * step
         potential = _potential(candidates, c, c_mat, alpha)
         potential = torch.where(torch.isfinite(potential), potential, torch.inf)
-        y = candidates.index_select(0, potential.argmin()[None])[0]
+        # the longest step whose potential is the lowest up to rounding: comparing potentials
+        # alone would stall near the solution, where they differ by less than rounding
+        lowest = potential.amin()
+        near = potential <= lowest + 1e-12 * (lowest.abs() + 1)
+        y = candidates.index_select(0, near.to(torch.int8).argmax()[None])[0]
     y = y * (log_cmax * alpha / (alpha + 1.0)).exp()
     trace = gramian.detach().to(torch.float64).diagonal().sum().clamp_min(1e-300)
     w = torch.where(nonzero, y / safe_norms, 0.0)

@@ -6,6 +6,8 @@ are no branches on values, only ``torch.where`` and fixed shapes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 RIDGES = (0.0, 1e-12, 1e-9, 1e-6, 1e-3)
@@ -16,6 +18,30 @@ ones the slightly indefinite Gramians that float32 accumulation produces."""
 
 MIN_PIVOT = 1e-10
 """Smallest squared Cholesky pivot (relative to the trace) accepted without a ridge."""
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached tensor of ``values`` (never modify it): building one from host data on CUDA
+    would copy, and a blocking host-to-device copy synchronises.
+
+    Example:
+        >>> constant((1.0, 2.0), torch.float64, torch.device("cpu"))
+        tensor([1., 2.], dtype=torch.float64)
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def to_device(cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``cpu_tensor`` copied to ``device`` without a synchronisation (pinned, non-blocking).
+
+    Example:
+        >>> to_device(torch.arange(3), torch.device("cpu"))
+        tensor([0, 1, 2])
+    """
+    if device.type == "cpu":
+        return cpu_tensor
+    return cpu_tensor.pin_memory().to(device, non_blocking=True)
 
 
 def normalized(gramian: torch.Tensor) -> torch.Tensor:
@@ -47,7 +73,7 @@ def ridged(g: torch.Tensor, base: float = 0.0) -> torch.Tensor:
         True
     """
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    rungs = base + torch.tensor(RIDGES, dtype=g.dtype, device=g.device)
+    rungs = base + constant(RIDGES, g.dtype, g.device)
     candidates = g + rungs[:, None, None] * eye
     factor, info = torch.linalg.cholesky_ex(candidates)
     pivots = factor.diagonal(dim1=-2, dim2=-1).square().amin(-1)
@@ -81,6 +107,22 @@ def unit_gramian(gramian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return cosines, torch.where(nonzero, norms, torch.zeros_like(norms)), nonzero
 
 
+def cholesky_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``(L L^T)^-1 rhs`` by two triangular solves.
+
+    ``torch.cholesky_solve`` reads its error flags on the host (a synchronisation on CUDA);
+    ``torch.linalg.solve_triangular`` does not.
+
+    Example:
+        >>> a = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
+        >>> cholesky_solve(torch.linalg.cholesky(a), torch.tensor([[2.0], [1.0]], dtype=a.dtype))
+        tensor([[0.5000],
+                [0.0000]], dtype=torch.float64)
+    """
+    half = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, half, upper=True)
+
+
 def damped_pinv_solve(a: torch.Tensor, b: torch.Tensor, rcond: float) -> torch.Tensor:
     """``A^+ b`` for a symmetric PSD ``A``, as ``(A + dI)^-1 A (A + dI)^-1 b``, ``d = rcond tr(A)``.
 
@@ -97,5 +139,5 @@ def damped_pinv_solve(a: torch.Tensor, b: torch.Tensor, rcond: float) -> torch.T
     d = rcond * a.diagonal().sum().clamp_min(torch.finfo(a.dtype).tiny)
     shifted = a + d * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     factor = torch.linalg.cholesky_ex(shifted).L
-    x = torch.cholesky_solve(b.reshape(-1, 1), factor)
-    return torch.cholesky_solve(a @ x, factor).reshape(b.shape)
+    x = cholesky_solve(factor, b.reshape(-1, 1))
+    return cholesky_solve(factor, a @ x).reshape(b.shape)

@@ -19,7 +19,9 @@ import functools
 
 import torch
 
-ENUMERATE_MAX = 6
+from mtlkit.weighting._linalg import cholesky_solve
+
+ENUMERATE_MAX = 10
 """Largest number of tasks solved by enumerating the ``2^T`` free sets."""
 
 
@@ -50,7 +52,7 @@ def solve_on_free(q_mat: torch.Tensor, rhs: torch.Tensor, free: torch.Tensor) ->
     eye = torch.eye(q_mat.shape[0], dtype=q_mat.dtype, device=q_mat.device)
     system = torch.where(free[..., :, None] & free[..., None, :], q_mat, eye)
     factor = torch.linalg.cholesky_ex(system).L
-    return torch.cholesky_solve(torch.where(free[..., :, None], rhs, 0.0), factor)
+    return cholesky_solve(factor, torch.where(free[..., :, None], rhs, 0.0))
 
 
 def nonneg_qp(q_mat: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

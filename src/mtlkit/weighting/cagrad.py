@@ -87,7 +87,7 @@ class CAGrad(Weighting):
         num_tasks = b.shape[0]
         index = torch.arange(1, num_tasks + 1, device=b.device)
         free = torch.ones(num_tasks, dtype=torch.bool, device=b.device)
-        best = torch.tensor(num_tasks + 1, device=b.device)
+        best = torch.full((), num_tasks + 1, device=b.device)
         z = torch.zeros_like(b)
         for _ in range(pivoting_iterations(num_tasks)):
             z, _, _, mult = _support_solution(q_mat, b, radius, free)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import normalized
+from mtlkit.weighting._linalg import normalized, to_device
 from mtlkit.weighting.pcgrad import visiting_orders
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class GradVac(Weighting):
                                self.targets.shape[0])
             self.targets = torch.zeros_like(g)
         targets = self.targets.to(g.device)
-        orders = visiting_orders(num_tasks, self.generator).to(g.device, non_blocking=True)
-        tasks = torch.arange(num_tasks, device=g.device)
+        orders = to_device(visiting_orders(num_tasks, self.generator), g.device)
+        rows = torch.arange(num_tasks, device=g.device) * num_tasks  # flat index of row i
         coeffs = torch.eye(num_tasks, dtype=g.dtype, device=g.device)
         norms = _root(g.diagonal())
         for step in range(num_tasks - 1):
@@ -92,12 +92,13 @@ class GradVac(Weighting):
             norm_i = _root((cg * coeffs).sum(1))
             norm_j = norms.index_select(0, j)
             phi = dot / (norm_i * norm_j + self.eps)
-            target = targets[tasks, j]
+            flat = rows + j
+            target = targets.view(-1).gather(0, flat)
             root_target = _root(1 - target * target)
             add = norm_i * (target * _root(1 - phi * phi) - phi * root_target)
             add = add / (norm_j * root_target + self.eps)
-            coeffs.index_put_((tasks, j), torch.where(phi < target, add, 0.0), accumulate=True)
-            targets.index_put_((tasks, j), (1 - self.beta) * target + self.beta * phi)
+            coeffs.view(-1).scatter_add_(0, flat, torch.where(phi < target, add, 0.0))
+            targets.view(-1).scatter_(0, flat, (1 - self.beta) * target + self.beta * phi)
         self.targets = targets
         return coeffs.sum(0).to(gramian.dtype)
 
@@ -106,7 +107,8 @@ class GradVac(Weighting):
         self.targets = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "targets": self.targets}
+        targets = None if self.targets is None else self.targets.clone()
+        return {"generator": self.generator.get_state(), "targets": targets}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping) or set(state) != {"generator", "targets"}:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mtlkit.weighting._base import Weighting
+from mtlkit.weighting._linalg import to_device
 
 
 def visiting_orders(num_tasks: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -61,8 +62,8 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
         )
     g = gramian.detach().to(torch.float64)
     num_tasks = g.shape[0]
-    orders = visiting_orders(num_tasks, generator).to(g.device, non_blocking=True)
-    tasks = torch.arange(num_tasks, device=g.device)
+    orders = to_device(visiting_orders(num_tasks, generator), g.device)
+    rows = torch.arange(num_tasks, device=g.device) * num_tasks  # flat index of row i
     coeffs = torch.eye(num_tasks, dtype=torch.float64, device=g.device)  # projected = coeffs @ J
     diag = g.diagonal()
     for step in range(num_tasks - 1):
@@ -71,7 +72,7 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
         norm_sq = diag.index_select(0, visited)
         conflict = (dots < 0) & (norm_sq > 0)
         shift = torch.where(conflict, dots / torch.where(conflict, norm_sq, 1.0), 0.0)
-        coeffs.index_put_((tasks, visited), -shift, accumulate=True)
+        coeffs.view(-1).scatter_add_(0, rows + visited, -shift)
     return coeffs.sum(0)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from mtlkit.weighting._base import Weighting
+from mtlkit.weighting._linalg import to_device
 
 
 class Random(Weighting):
@@ -43,7 +44,7 @@ class Random(Weighting):
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         draw = torch.randn(gramian.shape[0], generator=self.generator, dtype=torch.float64)
-        return draw.softmax(0).to(gramian.device, gramian.dtype, non_blocking=True)
+        return to_device(draw.softmax(0).to(gramian.dtype), gramian.device)
 
     def reset(self) -> None:
         self.generator.set_state(self._initial)
