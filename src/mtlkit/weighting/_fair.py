@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlkit.weighting._linalg import cholesky_solve, constant, ridged, unit_gramian
+from mtlkit.weighting._linalg import cholesky_solve, constant, scaled_gramian
 
 NEWTON_ITERATIONS = 12
 """Newton iterations. From the diagonal solution rescaled along its ray, the relative residual
@@ -43,13 +43,8 @@ def alpha_fair_weights(gramian: torch.Tensor, alpha: float) -> torch.Tensor:
         >>> alpha_fair_weights(g, 1.0)                 # 1 / |g_i| for orthogonal gradients
         tensor([0.5000, 1.0000], dtype=torch.float64)
     """
-    cosines, norms, nonzero = unit_gramian(gramian)
-    num_tasks = gramian.shape[0]
-    keep = nonzero[:, None] & nonzero[None, :]
-    eye = torch.eye(num_tasks, dtype=cosines.dtype, device=cosines.device)
     # a zero gradient is decoupled (y_i = 1, weight 0); the ridge keeps cancelling ones finite
-    c_mat = ridged(torch.where(keep, cosines, eye) / num_tasks) * num_tasks
-    safe_norms = torch.where(nonzero, norms, torch.ones_like(norms))
+    c_mat, safe_norms, nonzero = scaled_gramian(gramian)
     log_c = (1.0 - alpha) / alpha * safe_norms.log()
     log_cmax = log_c.amax()
     c = (log_c - log_cmax).exp()

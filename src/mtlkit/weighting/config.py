@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import damped_pinv_solve, unit_gramian
+from mtlkit.weighting._linalg import pinv_cutoff, pinv_solve, unit_gramian
 
 
 class ConFIG(Weighting):
@@ -20,22 +20,24 @@ class ConFIG(Weighting):
     C^+ 1)``. A zero gradient gets weight 0.
 
     Departure from torchjd's ``ConFIG`` (which takes the pseudo-inverse of the T x P matrix of
-    unit gradients): the pseudo-inverse of the T x T cosine matrix is the damped
-    ``(C + dI)^-1 C (C + dI)^-1``, ``d = T eps tr(C)``, with no eigendecomposition (no host
+    unit gradients): the pseudo-inverse of the T x T cosine matrix, by a refined Tikhonov
+    solve that drops eigen-directions below about ``30 T sqrt(eps)``
+    (:func:`mtlkit.weighting._linalg.pinv_solve`), with no eigendecomposition (no host
     synchronisation on CUDA); the two agree unless the gradients are nearly linearly dependent.
 
     Example:
         >>> import torch
         >>> from mtlkit.weighting import ConFIG
         >>> J = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-        >>> ConFIG()(J @ J.T) @ J                  # along (1, 1), length 3/sqrt(2) + 1/sqrt(2)
+        >>> d = ConFIG()(J @ J.T) @ J           # along (1, 1), length 3/sqrt(2) + 1/sqrt(2)
+        >>> d.round(decimals=6)
         tensor([2., 2.], dtype=torch.float64)
     """
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         cosines, norms, nonzero = unit_gramian(gramian)
-        rcond = gramian.shape[0] * torch.finfo(gramian.dtype).eps
-        y = damped_pinv_solve(cosines, nonzero.to(cosines.dtype), rcond)
+        cutoff = pinv_cutoff(gramian.shape[0], gramian.dtype)
+        y = pinv_solve(cosines, nonzero.to(cosines.dtype), cutoff)
         cy = cosines @ y
         sq_norm = y @ cy  # |x|^2
         length = norms @ cy  # sum_i g_i^T x, in units of the normalised Gramian

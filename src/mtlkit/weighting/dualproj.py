@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import normalized, ridged
+from mtlkit.weighting._linalg import scaled_gramian
 from mtlkit.weighting._qp import nonneg_qp
 from mtlkit.weighting.upgrad import _check_reg_eps
 
@@ -22,8 +22,9 @@ class DualProj(Weighting):
         reg_eps: Ridge added to the trace-normalised Gramian (default 0: the exact problem).
 
     Departures from torchjd's ``DualProj``: as for :class:`UPGrad` (exact problem instead of a
-    ``1e-4`` ridge, ``reg_eps=1e-4`` reproduces it; no absolute trace cutoff; solved on the
-    Gramian's device).
+    ``1e-4`` ridge, ``reg_eps=1e-4`` reproduces it; solved in the unit gradients' coordinates,
+    so that tiny tasks keep their constraint; no absolute trace cutoff; on the Gramian's
+    device).
 
     Example:
         >>> import torch
@@ -41,10 +42,11 @@ class DualProj(Weighting):
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         num_tasks = gramian.shape[0]
-        q_mat = ridged(normalized(gramian), self.reg_eps)
-        mean = torch.full((num_tasks,), 1.0 / num_tasks, dtype=q_mat.dtype, device=q_mat.device)
-        z = nonneg_qp(q_mat, (q_mat @ mean)[None])[0]  # v = u + z, z >= 0
-        return (mean + z).to(gramian.dtype)
+        c_mat, scales, nonzero = scaled_gramian(gramian, self.reg_eps)
+        mean = torch.full((num_tasks,), 1.0 / num_tasks, dtype=c_mat.dtype, device=c_mat.device)
+        # v = u + z, z >= 0, solved in x = D z: (G u)_i / d_i = (C D u)_i
+        x = nonneg_qp(c_mat, (c_mat @ torch.where(nonzero, scales * mean, 0.0))[None])[0]
+        return (mean + x / scales).to(gramian.dtype)
 
     def __repr__(self) -> str:
         return f"DualProj(reg_eps={self.reg_eps})"

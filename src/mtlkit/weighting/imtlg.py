@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import damped_pinv_solve, unit_gramian
+from mtlkit.weighting._linalg import pinv_cutoff, pinv_solve, unit_gramian
 
 
 class IMTLG(Weighting):
@@ -20,10 +20,13 @@ class IMTLG(Weighting):
     which keeps the weights exact when the tasks' gradient norms differ by many orders of
     magnitude. A zero gradient gets weight 0; weights that sum to (numerically) 0 give 0.
 
-    Departures from torchjd's ``IMTLG``: the pseudo-inverse is ``(C + dI)^-1 C (C + dI)^-1``
-    with ``d = T eps tr(C)`` (``eps`` of the Gramian's dtype) instead of ``torch.linalg.pinv``,
-    which needs an eigendecomposition that synchronises with the host on CUDA; for linearly
-    dependent gradients the least-squares sense is that of the cosine matrix, not of ``G``.
+    Departures from torchjd's ``IMTLG``: the pseudo-inverse is a refined Tikhonov solve
+    (:func:`mtlkit.weighting._linalg.pinv_solve`) that drops eigen-directions of ``C`` below
+    about ``30 T sqrt(eps)`` (``eps`` of the Gramian's dtype), instead of ``torch.linalg.pinv``
+    (cutoff ``T eps``, which inverts rounding noise, and an eigendecomposition that
+    synchronises with the host on CUDA); for linearly dependent gradients the least-squares
+    sense is that of the cosine matrix, not of ``G``. Both agree for well-conditioned
+    gradients.
 
     Example:
         >>> import torch
@@ -37,8 +40,8 @@ class IMTLG(Weighting):
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         cosines, norms, nonzero = unit_gramian(gramian)
-        rcond = gramian.shape[0] * torch.finfo(gramian.dtype).eps
-        y = damped_pinv_solve(cosines, nonzero.to(cosines.dtype), rcond)
+        cutoff = pinv_cutoff(gramian.shape[0], gramian.dtype)
+        y = pinv_solve(cosines, nonzero.to(cosines.dtype), cutoff)
         w = torch.where(nonzero, y / torch.where(nonzero, norms, torch.ones_like(norms)), 0.0)
         total = w.sum()
         ok = total.abs() > 1e-12 * w.abs().sum()

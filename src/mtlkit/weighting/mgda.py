@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import normalized, ridged
+from mtlkit.weighting._linalg import scaled_gramian
 from mtlkit.weighting._qp import nonneg_qp
 
 
@@ -22,8 +22,10 @@ class MGDA(Weighting):
     Departure from the paper and from torchjd's ``MGDA``: both run Frank-Wolfe (Sener and
     Koltun's Algorithm 2; torchjd stops once the step is below ``epsilon=1e-3``, at most 100
     iterations), whose result is within that tolerance of the minimum-norm point; here the QP
-    is solved exactly, on the Gramian's device. A ridge of at most 1e-12 of the trace is added
-    to a singular Gramian (see :mod:`mtlkit.weighting._linalg`).
+    is solved exactly, on the Gramian's device, in the unit gradients' coordinates (so that the
+    tasks' scales do not matter to the solver). A ridge of at most 1e-9 of the cosine matrix is
+    added when it is singular (see :mod:`mtlkit.weighting._linalg`); a zero gradient is the
+    minimum-norm point (all the weight on it).
 
     Example:
         >>> import torch
@@ -37,8 +39,12 @@ class MGDA(Weighting):
     """
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
-        q_mat = ridged(normalized(gramian))
-        minus_ones = torch.full((1, gramian.shape[0]), -1.0, dtype=q_mat.dtype,
-                                device=q_mat.device)
-        z = nonneg_qp(q_mat, minus_ones)[0]
-        return (z / z.sum()).to(gramian.dtype)
+        c_mat, scales, nonzero = scaled_gramian(gramian)
+        # min 1/2 z^T G z - 1^T z in x = D z: min 1/2 x^T C x - (1/d)^T x
+        x = nonneg_qp(c_mat, torch.where(nonzero, -1.0 / scales, 0.0)[None])[0]
+        z = x / scales
+        w = z / z.sum()
+        # a zero gradient is the minimum-norm point: all the weight on the first one
+        first_zero = (~nonzero).to(torch.int8).argmax()
+        one_hot = torch.arange(len(w), device=w.device) == first_zero
+        return torch.where((~nonzero).any(), one_hot.to(w.dtype), w).to(gramian.dtype)

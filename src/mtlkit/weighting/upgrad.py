@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import Weighting
-from mtlkit.weighting._linalg import normalized, ridged
+from mtlkit.weighting._linalg import scaled_gramian
 from mtlkit.weighting._qp import nonneg_qp
 
 
@@ -27,13 +27,16 @@ class UPGrad(Weighting):
 
     Args:
         reg_eps: Ridge added to the trace-normalised Gramian. The default 0 solves the exact
-            problem (a ridge of at most 1e-12 of the trace is still added where the Gramian is
-            singular, so that the solver's Cholesky factors exist).
+            problem (where the cosine matrix is singular, a ridge of at most 1e-9 of it is
+            still added, so that the solver's Cholesky factors exist).
 
     Departures from torchjd's ``UPGrad`` (whose QPs go to quadprog on the host): torchjd adds
     ``1e-4 I`` to the normalised Gramian, which relaxes the non-conflict guarantee by
     ``1e-4 tr(G) v_i`` and breaks it for a task whose gradient is 100x smaller than the others;
-    ``reg_eps=1e-4`` reproduces it. torchjd also treats a Gramian of trace below 1e-4 as zero
+    ``reg_eps=1e-4`` reproduces it. The QPs are solved in the coordinates of the unit
+    gradients (``G = D C D``), where the safety ridge of a singular Gramian is relative to each
+    task's own scale, so the guarantee holds for gradient norms from 1e-5 to 1e5 alike.
+    torchjd also treats a Gramian of trace below 1e-4 as zero
     (its weights become the mean); here any non-zero Gramian is normalised, so the weights do
     not depend on the gradients' scale. The QPs are solved exactly on the Gramian's device
     (:mod:`mtlkit.weighting._qp`).
@@ -55,11 +58,13 @@ class UPGrad(Weighting):
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         num_tasks = gramian.shape[0]
-        q_mat = ridged(normalized(gramian), self.reg_eps)
-        share = torch.full((num_tasks,), 1.0 / num_tasks, dtype=q_mat.dtype, device=q_mat.device)
-        # v_i = u_i + z_i with u_i = e_i / T: min 1/2 z^T Q z + (Q u_i)^T z over z >= 0
-        z = nonneg_qp(q_mat, share[:, None] * q_mat)
-        return (share + z.sum(0)).to(gramian.dtype)
+        c_mat, scales, nonzero = scaled_gramian(gramian, self.reg_eps)
+        share = torch.full((num_tasks,), 1.0 / num_tasks, dtype=c_mat.dtype,
+                           device=c_mat.device)
+        # v_i = u_i + z_i, u_i = e_i / T: min 1/2 z^T G z + (G u_i)^T z over z >= 0, solved
+        # in x = D z, where G = D C D becomes C and (G u_i)_j / d_j = (d_i / T) C_ij
+        x = nonneg_qp(c_mat, torch.where(nonzero, share * scales, 0.0)[:, None] * c_mat)
+        return (share + (x / scales).sum(0)).to(gramian.dtype)
 
     def __repr__(self) -> str:
         return f"UPGrad(reg_eps={self.reg_eps})"
