@@ -145,7 +145,7 @@ def test_a_list_is_not_a_gramian():
     (weighting.UPGrad, {"reg_eps": -1.0}, "UPGrad: reg_eps: expected a number >= 0"),
     (weighting.DualProj, {"reg_eps": float("nan")}, "DualProj: reg_eps: expected"),
     (weighting.FairGrad, {"alpha": -1.0}, "FairGrad: alpha: expected 0 or a number in"),
-    (weighting.FairGrad, {"alpha": 1000.0}, "FairGrad: alpha: expected 0 or a number in"),
+    (weighting.FairGrad, {"alpha": 11.0}, "FairGrad: alpha: expected 0 or a number in"),
     (weighting.FairGrad, {"alpha": float("inf")}, "FairGrad: alpha: expected 0 or a number"),
     (weighting.NashMTL, {"max_norm": 0.0}, "NashMTL: max_norm: expected None or a number > 0"),
     (weighting.GradVac, {"beta": 1.5}, "GradVac: beta: expected a number in \\[0, 1\\]"),

@@ -86,6 +86,7 @@ PINV_BASED = {"imtlg", "config"}
 @given(jacobians(min_tasks=2), st.integers(0, 2**16), st.sampled_from(DETERMINISTIC))
 def test_permutation_equivariance(jac, seed, name):
     assume(name not in PINV_BASED or _well_conditioned(jac))
+    assume(name not in ("fairgrad", "nash_mtl") or _not_pareto_stationary(jac))
     perm = torch.randperm(jac.shape[0], generator=torch.Generator().manual_seed(seed))
     method = weighting.by_name(name)
     d = method(jac @ jac.T) @ jac

@@ -37,7 +37,7 @@ class CAGrad(Weighting):
     ``g_w^T g_0 + c ||g_0|| ||g_w||`` over the simplex, i.e. weights ``1/T + z`` where ``z =
     c ||g_0|| w / ||g_w||``. ``z`` solves ``Q z = tau 1 - b`` on its support, ``z^T Q z =
     (c ||g_0||)^2`` (a quadratic in ``tau``): the support is found exactly, by enumeration up to
-    6 tasks and by block principal pivoting above (see :mod:`mtlkit.weighting._qp`).
+    10 tasks and by block principal pivoting above (see :mod:`mtlkit.weighting._qp`).
 
     Args:
         c: Radius of the ball, relative to ``||g_0||`` (the paper's experiments use 0.4);

@@ -22,9 +22,9 @@ class FairGrad(Weighting):
     gets weight 0.
 
     Args:
-        alpha: The fairness parameter, 0 or in [0.01, 100] (beyond, ``|g_i|^((1-alpha)/alpha)``
-            under- or overflows for tasks of different scales). Default 2.0, the value of the
-            authors' experiment scripts.
+        alpha: The fairness parameter, 0 or in [0.01, 10]. Default 2.0, the value of the
+            authors' experiment scripts. The solver's iterations grow with alpha above 2
+            (16 alpha, :func:`mtlkit.weighting._fair.newton_iterations`), hence the cap.
 
     Departure from the official code and torchjd's ``FairGrad`` (``scipy.optimize.
     least_squares`` from ``w = 1/T`` on the host): the same equation solved by Newton on the
@@ -46,11 +46,11 @@ class FairGrad(Weighting):
         if (
             isinstance(alpha, bool)
             or not isinstance(alpha, int | float)
-            or not (alpha == 0 or 0.01 <= alpha <= 100)
+            or not (alpha == 0 or 0.01 <= alpha <= 10)
             or not math.isfinite(alpha)
         ):
             raise ValueError(
-                f"FairGrad: alpha: expected 0 or a number in [0.01, 100], got {alpha!r}"
+                f"FairGrad: alpha: expected 0 or a number in [0.01, 10], got {alpha!r}"
             )
         self.alpha = float(alpha)
 

@@ -115,4 +115,6 @@ class PCGrad(Weighting):
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or set(state) != {"generator"}:
+            raise ValueError(f"PCGrad: state: expected the key ['generator'], got {state!r}")
         self.generator.set_state(state["generator"])
