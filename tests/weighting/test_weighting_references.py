@@ -344,3 +344,13 @@ def test_random_weights_are_spread_like_the_paper_says():
     torch.testing.assert_close(draws.sum(1), torch.ones(4000))
     torch.testing.assert_close(draws.mean(0), torch.full((3,), 1 / 3), atol=0.02, rtol=0)
     assert float(draws.std(0).min()) > 0.1  # genuinely random, not near-uniform
+
+
+def test_config_on_linearly_dependent_gradients_uses_least_squares_like_pinv():
+    """Three gradients in a plane: no direction makes the same angle with all three, and
+    ConFIG's pseudo-inverse gives the least-squares one (the length then is not sum |g_i|)."""
+    jac = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-2.0, 2.0]], dtype=torch.float64)
+    ours = weighting.ConFIG()(jac @ jac.T) @ jac
+    expected = torch.from_numpy(ref.config_update(jac.numpy()))
+    assert rel_diff(ours, expected) < 1e-9
+    assert rel_diff(ours, tjd.ConFIG()(jac)) < 1e-9
