@@ -31,7 +31,7 @@ def pivoting_iterations(num_tasks: int) -> int:
 
     On 3,000 random problems with T = 5..10 (rank-deficient, duplicated, zero and opposed
     gradients among them; ``python tests/weighting/test_qp_solver.py --problems 3000``) the
-    most iterations needed were 21 (T = 9) and 20 (T = 10).
+    most iterations needed were 23 (T = 9) and 20 (T = 10).
     """
     return 3 * num_tasks + 3
 
