@@ -194,6 +194,31 @@ def test_famo_eval_mode_leaves_the_state_alone():
     assert float(famo.logits.abs().max()) == 0.0
 
 
+# ------------------------------------------------------------ number of tasks
+
+
+@pytest.mark.parametrize("cls", [weighting.DWA, weighting.FAMO])
+def test_dwa_and_famo_take_the_number_of_tasks_from_the_first_losses(cls):
+    gen = torch.Generator().manual_seed(5)
+    stream = [torch.rand(3, generator=gen) + 0.2 for _ in range(5)]
+    lazy, sized = cls(), cls(num_tasks=3)
+    for losses in stream:
+        torch.testing.assert_close(lazy(losses), sized(losses))
+    assert lazy.num_tasks == 3
+    with pytest.raises(ValueError, match=f"{cls.__name__}: losses: expected shape \\(3,\\)"):
+        lazy(torch.ones(2))
+    fresh = cls()
+    fresh.load_state_dict(lazy.state_dict())  # a lazy instance takes the saved size
+    torch.testing.assert_close(fresh(stream[0]), lazy(stream[0]))
+
+
+def test_uncertainty_without_num_tasks_says_what_is_missing():
+    uw = weighting.by_name("uncertainty")
+    assert list(uw.parameters()) == []
+    with pytest.raises(ValueError, match="UncertaintyWeighting: num_tasks: expected the number"):
+        uw(torch.ones(2))
+
+
 # ------------------------------------------------------------ bad input
 
 

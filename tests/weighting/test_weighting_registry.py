@@ -19,7 +19,9 @@ def test_names_are_the_plans():
 @pytest.mark.parametrize("name", PLAN_NAMES)
 def test_by_name_builds_each_weighting(name):
     loss_based = name in ("uncertainty", "dwa", "famo")
-    method = weighting.by_name(name, **({"num_tasks": 3} if loss_based else {}))
+    method = weighting.by_name(name)  # every name builds without options
+    if loss_based:
+        method = weighting.by_name(name, num_tasks=3)
     base = weighting.LossWeighting if loss_based else weighting.Weighting
     assert isinstance(method, base)
     assert method.requires_gramian is (base is weighting.Weighting)

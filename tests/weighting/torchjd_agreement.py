@@ -8,17 +8,13 @@ A script, not a test (pytest does not collect it); the tests assert the bounds.
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 import torchjd.aggregation as tjd
+import weighting_refs as ref  # this script's folder is on sys.path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import weighting_refs as ref  # noqa: E402
-
-from mtlkit import weighting  # noqa: E402
+from mtlkit import weighting
 
 TASKS = (2, 3, 4, 6, 9)
 

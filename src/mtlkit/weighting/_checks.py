@@ -26,11 +26,19 @@ def number(owner: str, name: str, value: object, *, low: float = 0.0,
     return float(value)
 
 
-def task_losses(owner: str, losses: object, num_tasks: int) -> torch.Tensor:
-    """``losses`` if it is a floating tensor of shape ``(num_tasks,)``."""
+def optional_tasks(owner: str, num_tasks: object) -> int | None:
+    return None if num_tasks is None else positive_int(owner, "num_tasks", num_tasks)
+
+
+def task_losses(owner: str, losses: object, num_tasks: int | None) -> torch.Tensor:
+    """``losses`` if it is a floating tensor of shape ``(num_tasks,)`` (any ``(T,)``, T >= 1,
+    when ``num_tasks`` is None)."""
     if not isinstance(losses, torch.Tensor) or not losses.is_floating_point():
         raise ValueError(f"{owner}: losses: expected a floating-point tensor, got {losses!r}")
+    if num_tasks is None and losses.ndim == 1 and len(losses) >= 1:
+        return losses
     if losses.shape != (num_tasks,):
-        raise ValueError(f"{owner}: losses: expected shape ({num_tasks},) (one loss per task), "
+        expected = "T" if num_tasks is None else num_tasks
+        raise ValueError(f"{owner}: losses: expected shape ({expected},) (one loss per task), "
                          f"got {tuple(losses.shape)}")
     return losses

@@ -50,8 +50,10 @@ NAMES: tuple[str, ...] = tuple(_CLASSES)
 def by_name(name: str, **kwargs: Any) -> Weighting | LossWeighting:
     """A new weighting from its lower-case name in :data:`NAMES`, built with ``kwargs``.
 
-    The loss weightings need ``num_tasks``; the others take their own options (e.g.
-    ``by_name("cagrad", c=0.5)``).
+    Every name builds with no option, at the paper's defaults; options are the class's own
+    (e.g. ``by_name("cagrad", c=0.5)``). ``"uncertainty"`` needs ``num_tasks`` to be usable
+    (its log-variances must exist when the optimizer is built); DWA and FAMO take it from
+    the first losses when it is not given.
 
     Raises:
         ValueError: For a name not in :data:`NAMES` (the message lists them).

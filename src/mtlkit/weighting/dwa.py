@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import LossWeighting
-from mtlkit.weighting._checks import number, positive_int, task_losses
+from mtlkit.weighting._checks import number, optional_tasks, positive_int, task_losses
 
 
 class DWA(LossWeighting):
@@ -19,7 +19,7 @@ class DWA(LossWeighting):
     and every that many training calls end one. Without either, the weights stay 1.
 
     Args:
-        num_tasks: Number of tasks T.
+        num_tasks: Number of tasks T (``None``: taken from the first losses).
         temperature: The softmax temperature (the paper's 2.0).
         steps_per_epoch: If given, an epoch ends after that many calls in training mode.
 
@@ -37,19 +37,22 @@ class DWA(LossWeighting):
         tensor([0.8756, 1.1244])
     """
 
-    def __init__(self, num_tasks: int, temperature: float = 2.0,
+    def __init__(self, num_tasks: int | None = None, temperature: float = 2.0,
                  steps_per_epoch: int | None = None) -> None:
         super().__init__()
-        self.num_tasks = positive_int("DWA", "num_tasks", num_tasks)
+        self.num_tasks = optional_tasks("DWA", num_tasks)
         self.temperature = number("DWA", "temperature", temperature, strict=True)
         self.steps_per_epoch = (None if steps_per_epoch is None
                                 else positive_int("DWA", "steps_per_epoch", steps_per_epoch))
-        self.register_buffer("history", torch.ones(2, num_tasks))  # epochs t-2, t-1
+        self._make_state(self.num_tasks or 0, None)
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
-        self.register_buffer("running", torch.zeros(num_tasks))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._epochs = 0  # host copies: the forward never reads a buffer on the host
         self._steps = 0
+
+    def _make_state(self, num_tasks: int, device: torch.device | None) -> None:
+        self.register_buffer("history", torch.ones(2, num_tasks, device=device))  # t-2, t-1
+        self.register_buffer("running", torch.zeros(num_tasks, device=device))
 
     def weights(self) -> torch.Tensor:
         """The current weights ``lambda`` (ones until two epochs have ended)."""
@@ -60,6 +63,9 @@ class DWA(LossWeighting):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         losses = task_losses("DWA", losses, self.num_tasks)
+        if self.num_tasks is None:
+            self.num_tasks = len(losses)
+            self._make_state(self.num_tasks, losses.device)
         if self.training:
             self.running += losses.detach().to(self.running.dtype)
             self._steps += 1
@@ -88,8 +94,12 @@ class DWA(LossWeighting):
         self.epochs.zero_()
         self.steps.zero_()
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        running = state_dict.get(prefix + "running")
+        if self.num_tasks is None and running is not None:
+            self.num_tasks = len(running)
+            self._make_state(self.num_tasks, running.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._epochs, self._steps = int(self.epochs), int(self.steps)
 
     def extra_repr(self) -> str:

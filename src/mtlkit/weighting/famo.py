@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import LossWeighting
-from mtlkit.weighting._checks import number, positive_int, task_losses
+from mtlkit.weighting._checks import number, optional_tasks, task_losses
 
 _EPS = 1e-8
 
@@ -24,7 +24,7 @@ class FAMO(LossWeighting):
     no parameters).
 
     Args:
-        num_tasks: Number of tasks T.
+        num_tasks: Number of tasks T (``None``: taken from the first losses).
         lr: Learning rate of the logits' Adam (0.025).
         gamma: Weight decay of the logits (0.01).
 
@@ -43,16 +43,20 @@ class FAMO(LossWeighting):
         tensor([0.4875, 0.5125])
     """
 
-    def __init__(self, num_tasks: int, lr: float = 0.025, gamma: float = 0.01) -> None:
+    def __init__(self, num_tasks: int | None = None, lr: float = 0.025,
+                 gamma: float = 0.01) -> None:
         super().__init__()
-        self.num_tasks = positive_int("FAMO", "num_tasks", num_tasks)
+        self.num_tasks = optional_tasks("FAMO", num_tasks)
         self.lr = number("FAMO", "lr", lr, strict=True)
         self.gamma = number("FAMO", "gamma", gamma)
-        for name in ("logits", "exp_avg", "exp_avg_sq", "before"):
-            self.register_buffer(name, torch.zeros(num_tasks))
+        self._make_state(self.num_tasks or 0, None)
         self.register_buffer("adam_steps", torch.zeros(()))
         self.register_buffer("pending", torch.zeros((), dtype=torch.bool))
         self._pending = False  # host copy: ``before`` holds losses awaiting their "after" ones
+
+    def _make_state(self, num_tasks: int, device: torch.device | None) -> None:
+        for name in ("logits", "exp_avg", "exp_avg_sq", "before"):
+            self.register_buffer(name, torch.zeros(num_tasks, device=device))
 
     def task_weights(self) -> torch.Tensor:
         """The current task weights ``z = softmax(xi)``."""
@@ -60,6 +64,9 @@ class FAMO(LossWeighting):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         losses = task_losses("FAMO", losses, self.num_tasks)
+        if self.num_tasks is None:
+            self.num_tasks = len(losses)
+            self._make_state(self.num_tasks, losses.device)
         if self.training:
             if self._pending:
                 self.update(losses)
@@ -95,8 +102,12 @@ class FAMO(LossWeighting):
         self._pending = value
         self.pending.fill_(value)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        logits = state_dict.get(prefix + "logits")
+        if self.num_tasks is None and logits is not None:
+            self.num_tasks = len(logits)
+            self._make_state(self.num_tasks, logits.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._pending = bool(self.pending)
 
     def extra_repr(self) -> str:

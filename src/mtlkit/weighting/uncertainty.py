@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mtlkit.weighting._base import LossWeighting
-from mtlkit.weighting._checks import positive_int, task_losses
+from mtlkit.weighting._checks import optional_tasks, task_losses
 
 
 class UncertaintyWeighting(LossWeighting):
@@ -22,7 +22,10 @@ class UncertaintyWeighting(LossWeighting):
     weighting whose parameters the optimizer does not own).
 
     Args:
-        num_tasks: Number of tasks T (the length of ``log_vars``, initialised to 0).
+        num_tasks: Number of tasks T (the length of ``log_vars``, initialised to 0). Required
+            in practice: ``None`` (what ``by_name("uncertainty")`` gives) builds no parameter,
+            and the first call then raises, since the optimizer must own the log-variances
+            from its first step.
 
     Departure: the paper writes classification losses as ``L / sigma^2 + log sigma``; one form
     is used for every task here (as in most implementations). At the optimum over ``s_i`` both
@@ -38,13 +41,20 @@ class UncertaintyWeighting(LossWeighting):
         tensor(1.2500, grad_fn=<MulBackward0>)
     """
 
-    def __init__(self, num_tasks: int) -> None:
+    def __init__(self, num_tasks: int | None = None) -> None:
         super().__init__()
-        self.num_tasks = positive_int("UncertaintyWeighting", "num_tasks", num_tasks)
-        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
+        self.num_tasks = optional_tasks("UncertaintyWeighting", num_tasks)
+        self.log_vars = (None if num_tasks is None
+                         else torch.nn.Parameter(torch.zeros(self.num_tasks)))
         """The learned log-variances ``s_i = log sigma_i^2`` (give them to your optimizer)."""
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        if self.log_vars is None:
+            raise ValueError(
+                "UncertaintyWeighting: num_tasks: expected the number of tasks at construction "
+                "(the log-variances are parameters your optimizer must own from the first "
+                "step), got None"
+            )
         losses = task_losses("UncertaintyWeighting", losses, self.num_tasks)
         s = self.log_vars.to(losses.dtype)
         return 0.5 * (torch.exp(-s) * losses + s).sum()
