@@ -22,8 +22,7 @@ import torch
 
 from mtlkit import weighting
 
-GRAMIAN_NAMES = [name for name in weighting.NAMES
-                 if weighting.by_name.__globals__["_CLASSES"][name].requires_gramian]
+GRAMIAN_NAMES = [name for name in weighting.NAMES if weighting.by_name(name).requires_gramian]
 
 
 def make_gramian(num_tasks: int, seed: int = 0) -> torch.Tensor:
