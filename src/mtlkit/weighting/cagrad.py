@@ -47,7 +47,8 @@ class CAGrad(Weighting):
     torchjd, this does not (multiply the weights by ``1 / (1 + c^2)`` to reproduce it).
     torchjd returns zero weights when ``||g_w||`` falls below 1e-4 of the normalised Gramian's
     scale or the Gramian's trace below 1e-4; here the weights stay ``1/T + z`` at any scale
-    (a ridge of at most 1e-12 of the trace keeps a Pareto-stationary Gramian finite).
+    (the smallest safe ridge, :func:`mtlkit.weighting._linalg.ridged`, keeps a
+    Pareto-stationary Gramian finite).
 
     Example:
         >>> import torch

@@ -23,9 +23,9 @@ class MGDA(Weighting):
     Koltun's Algorithm 2; torchjd stops once the step is below ``epsilon=1e-3``, at most 100
     iterations), whose result is within that tolerance of the minimum-norm point; here the QP
     is solved exactly, on the Gramian's device, in the unit gradients' coordinates (so that the
-    tasks' scales do not matter to the solver). A ridge of at most 1e-9 of the cosine matrix is
-    added when it is singular (see :mod:`mtlkit.weighting._linalg`); a zero gradient is the
-    minimum-norm point (all the weight on it).
+    tasks' scales do not matter to the solver). A singular cosine matrix gets the smallest
+    ridge that keeps it safely positive definite (:mod:`mtlkit.weighting._linalg`); a zero
+    gradient is the minimum-norm point (all the weight on it).
 
     Example:
         >>> import torch

@@ -27,7 +27,7 @@ class NashMTL(Weighting):
     below 1e-3), warm-started from the previous step, optionally only every few steps; here
     eq. 3 is solved to rounding level at every call, from scratch, so the weighting is
     stateless. Exactly cancelling gradients (0 in their convex hull) have no solution; a ridge
-    of at most 1e-12 of the trace keeps the weights finite there.
+    (the smallest that keeps the cosine matrix positive definite) keeps the weights finite.
 
     Example:
         >>> import torch

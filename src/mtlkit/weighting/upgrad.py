@@ -27,8 +27,9 @@ class UPGrad(Weighting):
 
     Args:
         reg_eps: Ridge added to the trace-normalised Gramian. The default 0 solves the exact
-            problem (where the cosine matrix is singular, a ridge of at most 1e-9 of it is
-            still added, so that the solver's Cholesky factors exist).
+            problem; where the cosine matrix is singular, the smallest safe ridge (1e-12 of it
+            for float64 rounding, more for float32) is still added, so that the solver's
+            Cholesky factors exist.
 
     Departures from torchjd's ``UPGrad`` (whose QPs go to quadprog on the host): torchjd adds
     ``1e-4 I`` to the normalised Gramian, which relaxes the non-conflict guarantee by
