@@ -24,6 +24,8 @@ def check_gramian(gramian: object, name: str) -> torch.Tensor:
     hot path, which checks finiteness on the device instead.
 
     Example:
+        >>> import torch
+        >>> from mtlkit.weighting import check_gramian
         >>> check_gramian(torch.eye(2), "Mean").shape
         torch.Size([2, 2])
     """
@@ -52,6 +54,8 @@ class Weighting:
     :meth:`reset`, :meth:`state_dict` and :meth:`load_state_dict`.
 
     Example:
+        >>> import torch
+        >>> from mtlkit.weighting import Weighting
         >>> class Half(Weighting):
         ...     def weights(self, gramian):
         ...         return torch.full((gramian.shape[0],), 0.5, dtype=gramian.dtype,
@@ -103,6 +107,8 @@ class LossWeighting(torch.nn.Module):
     the optimizer does not own. ``state_dict`` is :class:`torch.nn.Module`'s.
 
     Example:
+        >>> import torch
+        >>> from mtlkit.weighting import LossWeighting
         >>> class Plain(LossWeighting):
         ...     def forward(self, losses):
         ...         return losses.sum()

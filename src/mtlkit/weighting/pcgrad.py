@@ -8,25 +8,42 @@ the dot products alone: the method is a function of the Gramian.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from mtlkit.weighting._base import Weighting
+from mtlkit.weighting._linalg import to_device
+
+
+def visiting_orders(num_tasks: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``(T, T-1)`` CPU indices: row ``i`` is the order in which task ``i`` visits the others.
+
+    Row ``i`` is a uniform permutation of the other tasks, drawn by one
+    ``torch.randperm(T - 1, generator=generator)`` per task, in task order.
+
+    Example:
+        >>> visiting_orders(3, torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 2])
+    """
+    perms = [torch.randperm(num_tasks - 1, generator=generator) for _ in range(num_tasks)]
+    positions = torch.stack(perms) if num_tasks > 1 else torch.zeros(1, 0, dtype=torch.long)
+    return positions + (positions >= torch.arange(num_tasks)[:, None])  # skip the task itself
 
 
 def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The weights ``w`` such that the sum of PCGrad's projected gradients is ``w^T J``.
 
     Args:
-        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device; it is read once).
+        gramian: The T x T Gramian ``J J^T`` of the task gradients (any device).
         generator: The CPU generator that draws each task's visiting order (torch's default
             generator when ``None``).
 
     Returns:
-        A float64 CPU tensor of T weights (for ``reduction="sum"``).
+        A float64 tensor of T weights (for ``reduction="sum"``) on the Gramian's device. The
+        tasks' projections run side by side, one visit per step (``T - 1`` steps of a few
+        tensor operations), with no host read: only the orders go from the host to the device.
 
     A task whose gradient has zero norm is never projected on (its direction is undefined), so
     no weight is ever NaN or infinite for a finite Gramian.
@@ -43,24 +60,20 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
         raise ValueError(
             f"gramian: expected a square T x T matrix, got shape {tuple(gramian.shape)}"
         )
-    g = gramian.detach().to("cpu", torch.float64).tolist()
-    num_tasks = len(g)
-    total = [0.0] * num_tasks
-    for i in range(num_tasks):
-        coeffs = [0.0] * num_tasks
-        coeffs[i] = 1.0
-        others = [j for j in range(num_tasks) if j != i]
-        for k in torch.randperm(len(others), generator=generator).tolist():
-            j = others[k]
-            norm_sq = g[j][j]
-            if not norm_sq > 0.0:
-                continue
-            dot = math.fsum(coeffs[m] * g[m][j] for m in range(num_tasks))
-            if dot < 0.0:
-                coeffs[j] -= dot / norm_sq
-        for m in range(num_tasks):
-            total[m] += coeffs[m]
-    return torch.tensor(total, dtype=torch.float64)
+    g = gramian.detach().to(torch.float64)
+    num_tasks = g.shape[0]
+    orders = to_device(visiting_orders(num_tasks, generator), g.device)
+    rows = torch.arange(num_tasks, device=g.device) * num_tasks  # flat index of row i
+    coeffs = torch.eye(num_tasks, dtype=torch.float64, device=g.device)  # projected = coeffs @ J
+    diag = g.diagonal()
+    for step in range(num_tasks - 1):
+        visited = orders[:, step]
+        dots = (coeffs * g.index_select(1, visited).T).sum(1)  # projected_i . g_visited(i)
+        norm_sq = diag.index_select(0, visited)
+        conflict = (dots < 0) & (norm_sq > 0)
+        shift = torch.where(conflict, dots / torch.where(conflict, norm_sq, 1.0), 0.0)
+        coeffs.view(-1).scatter_add_(0, rows + visited, -shift)
+    return coeffs.sum(0)
 
 
 class PCGrad(Weighting):
@@ -70,7 +83,10 @@ class PCGrad(Weighting):
         seed: Seed of the dedicated CPU generator that draws each task's visiting order;
             ``None`` seeds it nondeterministically. Its state is the weighting's state.
 
-    The optimizer wrapper with this weighting is :class:`mtlkit.PCGrad`.
+    The optimizer wrapper with this weighting is :class:`mtlkit.PCGrad`. Departure from
+    torchjd's ``PCGradWeighting``: the visiting orders come from this dedicated generator
+    (torchjd draws them from torch's global one), and the projections run on the Gramian's
+    device instead of the host; for a given order the results are equal.
 
     Example:
         >>> import torch
@@ -93,8 +109,7 @@ class PCGrad(Weighting):
         self._initial = self.generator.get_state()
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
-        w = pcgrad_weights(gramian, self.generator)
-        return w.to(gramian.device)
+        return pcgrad_weights(gramian, self.generator).to(gramian.dtype)
 
     def reset(self) -> None:
         self.generator.set_state(self._initial)
@@ -103,4 +118,6 @@ class PCGrad(Weighting):
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or set(state) != {"generator"}:
+            raise ValueError(f"PCGrad: state: expected the key ['generator'], got {state!r}")
         self.generator.set_state(state["generator"])

@@ -1,0 +1,58 @@
+"""Random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting: A
+Litmus Test for Multi-Task Learning")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from mtlkit.weighting._base import Weighting
+from mtlkit.weighting._linalg import to_device
+
+
+class Random(Weighting):
+    """Random loss weighting (RLW): fresh weights ``softmax(z)``, ``z ~ N(0, I)``, at every call.
+
+    Lin et al. (TMLR 2022, Algorithm 1 with the standard normal distribution) show that
+    random weights summing to 1 are a strong baseline; the weights do not depend on the
+    Gramian's values. They are drawn from a dedicated CPU generator and copied to the
+    Gramian's device (T numbers host to device, no host read).
+
+    Args:
+        seed: Seed of the generator (``None``: nondeterministic). Its state is the state.
+
+    Departure from torchjd's ``Random``: the draws come from this generator, not from torch's
+    global one on the Gramian's device, so the same seed gives the same weights on any device.
+
+    Example:
+        >>> import torch
+        >>> from mtlkit.weighting import Random
+        >>> w = Random(seed=0)(torch.eye(3))
+        >>> bool((w > 0).all()), round(float(w.sum()), 6)
+        (True, 1.0)
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self._initial = self.generator.get_state()
+
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        draw = torch.randn(gramian.shape[0], generator=self.generator, dtype=torch.float64)
+        return to_device(draw.softmax(0).to(gramian.dtype), gramian.device)
+
+    def reset(self) -> None:
+        self.generator.set_state(self._initial)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or set(state) != {"generator"}:
+            raise ValueError(f"Random: state: expected the key ['generator'], got {state!r}")
+        self.generator.set_state(state["generator"])
