@@ -5,12 +5,13 @@ with two changes to the training step:
 
 - every task's loss gets SMART's adversarial smoothness term (``mtlkit.SmartLoss``, the paper's
   Eq. 4), computed on the encoder's word embeddings built by ``mtlkit.hf_smart_inputs``;
-- the three losses are combined by ``mtlkit.PCGrad`` (gradient surgery, the paper's Eq. 3): it
-  wraps the AdamW optimizer, and ``optimizer.backward(losses)`` leaves the surgery-combined
-  gradient in ``.grad``, so gradient clipping still runs between ``backward`` and ``step``.
+- the three losses are combined by ``mtlkit.MultiTaskOptimizer`` with a weighting of
+  ``mtlkit.weighting`` (here PCGrad, the paper's gradient surgery, Eq. 3): it wraps the AdamW
+  optimizer, and ``optimizer.backward(losses)`` leaves the combined gradient in ``.grad``, so
+  gradient clipping still runs between ``backward`` and ``step``.
 
-It logs the losses, the SMART terms and how many task pairs had conflicting gradients, and
-prints dev scores at the end.
+It logs the losses, the SMART terms, how many task pairs had conflicting gradients and the
+weights the gradients were combined with, and prints dev scores at the end.
 
 Run (about 2 minutes on 2 CPU cores)::
 
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtlkit import MultiTaskLoader, PCGrad, SmartLoss, hf_smart_inputs
+import mtlkit
+from mtlkit import MultiTaskLoader, MultiTaskOptimizer, SmartLoss, hf_smart_inputs
 from multitask_interleaved import LOSSES, TASKS, Collate, build, evaluate, load_rows
 
 logger = logging.getLogger("surgery_smart")
@@ -63,10 +65,13 @@ def main() -> None:
     dev = {t: DataLoader(load_rows(args.data_dir, t, "dev", args.dev_rows), batch_size=64,
                          collate_fn=Collate(tokenizer, t)) for t in TASKS}
     smart = {t: SmartLoss(kind=kind) for t, kind in SMART_KIND.items()}
-    # Surgery only on the shared encoder; each head keeps its own task's plain gradient.
-    optimizer = PCGrad(torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99),
-                                         weight_decay=0.0, fused=True),
-                       shared_params=model.encoder.parameters(), seed=args.seed)
+    # The weighting combines the task gradients of the shared encoder (mtlkit.PCGrad is this
+    # with weighting.PCGrad); each head keeps its own task's plain gradient.
+    optimizer = MultiTaskOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                          fused=True),
+        weighting=mtlkit.weighting.PCGrad(seed=args.seed),
+        shared_params=model.encoder.parameters())
     model.train()
     loader = MultiTaskLoader(train, mode="interleaved", seed=args.seed, steps_per_epoch=args.steps)
     progress = tqdm(loader, desc="train")
@@ -87,10 +92,10 @@ def main() -> None:
         optimizer.step()
         progress.set_postfix(conflicts=stats.num_conflicts)
         if i == 1 or i % 5 == 0 or i == args.steps:
-            logger.info("step %d/%d loss %s smart %s conflicts %d/3", i, args.steps,
+            logger.info("step %d/%d loss %s smart %s conflicts %d/3 weights %s", i, args.steps,
                         " ".join(f"{t}={v.item():.4f}" for t, v in losses.items()),
                         " ".join(f"{t}={v.item():.2e}" for t, v in terms.items()),
-                        stats.num_conflicts)
+                        stats.num_conflicts, " ".join(f"{w:.3f}" for w in stats.weights.tolist()))
     scores = evaluate(model, dev)
     logger.info("dev (%d rows per task): %s", args.dev_rows,
                 " ".join(f"{k}={v:.3f}" for k, v in scores.items()))

@@ -85,6 +85,10 @@ def test_surgery_smart():
     assert all(math.isfinite(v) and v >= 0 for v in smart.values())
     conflicts = int(re.search(r"conflicts (\d)/3", last).group(1))
     assert 0 <= conflicts <= 3
+    weights = [float(w) for w in last.split(" weights ")[1].split()]
+    assert len(weights) == 3 and all(map(math.isfinite, weights))
+    if conflicts == 0:  # no conflict, no surgery: the plain sum
+        assert weights == [1.0, 1.0, 1.0]
     check_dev(output)
 
 
