@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--steps", type=int, default=60, help="training steps (one batch per task)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per task and step")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="for short runs; lower it for long ones")
     p.add_argument("--dev-rows", type=int, default=300, help="dev rows per task (a random subset)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--steps", type=int, default=20, help="training steps (one batch per task)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per task and step")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="for short runs; lower it for long ones")
     p.add_argument("--smart-weight", type=float, default=1.0, help="lambda_s of Eq. 4")
     p.add_argument("--dev-rows", type=int, default=200, help="dev rows per task (a random subset)")
     p.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
                    default="interleaved", help="the MultiTaskLoader schedule")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=8, help="rows per task and step, all ranks")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="for short runs; lower it for long ones")
     p.add_argument("--dev-rows", type=int, default=300, help="dev rows per task (a random subset)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
