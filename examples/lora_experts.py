@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from mtlkit import LoRAMoE, MultiTaskLoader
+from mtlkit import LoRAMoE, LoRAMoEConfig, MultiTaskLoader
 from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy
 from multitask_interleaved import LOSSES, TASKS, Collate, MultiTaskModel, evaluate, load_rows
 
@@ -79,8 +79,8 @@ def main() -> None:
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # One expert per task on the frozen encoder; alpha / r scales the experts' updates.
-    moe = LoRAMoE(AutoModel.from_pretrained(path), tasks=list(TASKS), r=args.rank,
-                  alpha=2 * args.rank)
+    config = LoRAMoEConfig(tasks=list(TASKS), r=args.rank, alpha=2 * args.rank)
+    moe = LoRAMoE(AutoModel.from_pretrained(path), config)
     model = MixtureModel(moe, hidden_size=moe.model.config.hidden_size)
     counts = moe.num_parameters()
     logger.info("frozen base %.1fM parameters, %.2fM per expert", counts.base / 1e6,
