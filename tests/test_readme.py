@@ -18,7 +18,8 @@ def _blocks(language: str) -> list[str]:
 
 
 def _commands(block: str) -> list[str]:
-    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip()[0] == "#"]
+    lines = (ln.strip() for ln in block.splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def _set_up() -> list[str]:
