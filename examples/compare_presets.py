@@ -11,6 +11,9 @@ rows (``--max-train-per-task``), so that one epoch of either schedule shows each
 Each run writes its own directory under ``--out``. Any flag this driver does not know is passed
 to every run (e.g. ``--max-train-per-task 2000 --threads 2``).
 
+``--weightings`` runs every preset with each gradient weighting of ``mtlkit.weighting``
+(``mtlkit.MultiTaskOptimizer`` over the shared encoder).
+
 Examples::
 
     # the Table 1 ablation, 3 hours of training shared by the rows
@@ -22,6 +25,9 @@ Examples::
     # Table 2: learning rate and dropout sweeps of one preset
     python examples/compare_presets.py --presets ce-interleaved-clip --sweep lr=1e-5,5e-5 \\
         --sweep dropout=0.1,0.3 --budget-minutes 120 --out runs/table2
+    # the weightings of mtlkit against each other at equal examples
+    python examples/compare_presets.py --presets ce-interleaved-clip --weightings pcgrad \\
+        upgrad mgda mean --budget-examples 200000 --out runs/weightings
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bert_sst_qqp_sts as cli
+import mtlkit
 from multitask_bert.presets import PAPER_TABLE1, PRESETS
 
 logger = logging.getLogger("compare_presets")
@@ -74,13 +81,9 @@ def steps_for_examples(examples: int, argv: list[str]) -> int:
 
     (A sequential schedule with per-task batch sizes gets their mean per step.)
     """
-    args, _ = cli.build_parser().parse_known_args(argv)
-    schedule = args.schedule
-    if args.preset is not None:
-        schedule = PRESETS[args.preset].get("schedule", schedule)
-        schedule = args.schedule if "--schedule" in argv else schedule
-    sizes = [args.task_batch_sizes.get(t, args.batch_size) for t in args.tasks]
-    per_step = sum(sizes) if schedule == "interleaved" else sum(sizes) / len(sizes)
+    cfg = cli.parse_args([*argv, "--data-dir", "-"])  # the data are not read here
+    sizes = [cfg.batch_size_for(t) for t in cfg.tasks]
+    per_step = sum(sizes) if cfg.schedule == "interleaved" else sum(sizes) / len(sizes)
     return max(1, round(examples / per_step))
 
 
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--sweep", action="append", default=[], metavar="FLAG=V1,V2",
                    help="also run every preset with each value of a flag (Table 2), e.g. "
                    "lr=1e-5,5e-5; repeatable")
+    p.add_argument("--weightings", nargs="+", default=None, metavar="NAME",
+                   help="also run every preset with each of these mtlkit.weighting names "
+                   "('all': every one of mtlkit.weighting.NAMES), e.g. pcgrad upgrad mgda")
     args, rest = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,6 +134,9 @@ def main(argv: list[str] | None = None) -> str:
         if not flag or not values:
             p.error(f"--sweep takes FLAG=V1,V2, got {item!r}")
         sweeps.append((flag, values.split(",")))
+    if args.weightings:
+        names = list(mtlkit.weighting.NAMES) if args.weightings == ["all"] else args.weightings
+        sweeps.append(("weighting", names))
     runs = plan_runs(args.presets, args.single_task, sweeps)
     if args.budget_examples is not None and args.budget_examples <= 0:
         p.error(f"--budget-examples must be positive, got {args.budget_examples}")

@@ -1,121 +1,116 @@
-"""Length-aware batching (little padding) and resumable endless per-task streams."""
+"""Training batches: length-grouped per-task DataLoaders, drawn by ``mtlkit.MultiTaskLoader``.
+
+Each task gets one DataLoader whose batches hold sentences of similar length, so dynamic
+padding wastes little compute: transformers' ``LengthGroupedSampler`` shuffles the rows, cuts
+them into mega-batches of 50 batches, and sorts each by length (the longest batch first).
+With ``--pair-swap`` a :class:`PairSwapSampler` shows each pair in a random order. Every
+schedule of the pipeline (interleaved, sequential, the sampled modes) is then
+:class:`mtlkit.MultiTaskLoader` over those loaders (:func:`multitask_loader`): it seeds each
+loader's generator from ``(seed, epoch, task, pass)``, so a pass's order is a function of the
+seed alone, ``carry_over=True`` lets a smaller task finish its pass in the next epoch instead
+of restarting it, and its ``state_dict`` resumes mid-epoch exactly.
+
+Under torchrun every rank draws the same global batches and keeps its shard of the rows
+(:class:`~multitask_bert.distributed.ShardCollate`), so ``--batch-size`` is the global batch.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+import mtlkit
 
 from .data import TokenizedTask
+from .distributed import DistEnv, ShardCollate
 
 
-class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of similar length, so dynamic padding wastes little compute.
+class PairSwapSampler(Sampler[int]):
+    """Row ``i`` of ``inner`` becomes ``i + rows`` (the swapped pair) with probability 1/2.
 
-    Training (``shuffle=True``): the indices are shuffled with ``seed + epoch``, cut into
-    groups of ``batch_size * group_batches``, each group is sorted by length and cut into
-    batches, and the batches are shuffled. Evaluation (``shuffle=False``): all indices sorted
-    by length, longest first. ``start`` skips the first batches (used by ``--resume``).
+    The flips are drawn from ``generator`` after ``inner``'s order (which is that of the
+    unswapped sampler), so a pass's orders are a function of the generator's seed.
 
-    ``swap_pairs`` (training only, over a dataset with both orders of each pair): each index
-    ``i`` is replaced by ``i + len(lengths)`` (the swapped pair) with probability 1/2, drawn
-    from the same seeded generator, so a resumed run sees the same orders.
-
-    >>> s = LengthGroupedBatchSampler([5, 1, 3, 2], batch_size=2, shuffle=False)
-    >>> list(s)
-    [[0, 2], [3, 1]]
+    >>> g = torch.Generator().manual_seed(0)
+    >>> order = list(PairSwapSampler(range(4), rows=4, generator=g))
+    >>> sorted(i % 4 for i in order), all(0 <= i < 8 for i in order)
+    ([0, 1, 2, 3], True)
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
-                 group_batches: int = 50, swap_pairs: bool = False) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if swap_pairs and not shuffle:
-            raise ValueError("swap_pairs is for training batches (shuffle=True)")
-        self.swap_pairs = swap_pairs
-        self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
-        self.seed, self.group_batches, self.epoch, self.start = seed, group_batches, 0, 0
+    def __init__(self, inner: Any, rows: int, generator: torch.Generator) -> None:
+        self.inner, self.rows, self.generator = inner, rows, generator
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def batches(self) -> list[list[int]]:
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            order = sorted(range(n), key=lambda i: -self.lengths[i])
-            return [order[i:i + bs] for i in range(0, n, bs)]
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(n, generator=g).tolist()
-        group = bs * self.group_batches
-        out: list[list[int]] = []
-        for s in range(0, n, group):
-            chunk = sorted(perm[s:s + group], key=lambda i: self.lengths[i])
-            out.extend(chunk[i:i + bs] for i in range(0, len(chunk), bs))
-        order = torch.randperm(len(out), generator=g).tolist()
-        batches = [out[i] for i in order]
-        if self.swap_pairs:  # drawn after the order, which stays that of swap_pairs=False
-            flips = torch.randint(0, 2, (n,), generator=g).tolist()
-            batches = [[i + n * flips[i] for i in b] for b in batches]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches()[self.start:]
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.inner)
+        flips = torch.randint(0, 2, (len(order),), generator=self.generator).tolist()
+        return iter([i + self.rows * f for i, f in zip(order, flips, strict=True)])
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size) - self.start
+        return len(self.inner)
 
 
-def make_loader(ds: TokenizedTask, batch_size: int, shuffle: bool, seed: int = 0,
+def task_loader(ds: TokenizedTask, batch_size: int, seed: int = 0,
                 collate: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
                 swap_pairs: bool = False) -> DataLoader:
-    """A DataLoader over ``ds`` with length-grouped batches and dynamic padding.
+    """A DataLoader of length-grouped, shuffled training batches of ``ds``.
 
-    ``collate`` replaces ``ds.collate`` (under torchrun: a
-    :class:`~multitask_bert.distributed.ShardCollate` that keeps this rank's rows).
-    ``swap_pairs`` shows each pair in a random order (only where ``ds`` has both orders).
+    One generator drives the shuffle (and the pair orders), the one ``MultiTaskLoader``
+    seeds for every pass; iterating never draws from the global RNG. ``collate`` replaces
+    ``ds.collate`` (under torchrun a ``ShardCollate``). ``swap_pairs`` applies where ``ds``
+    holds both orders of its pairs.
+
+    >>> from multitask_bert.data import TaskSplit
+    >>> class Tok:
+    ...     pad_token_id = 0
+    ...     def __call__(self, texts, **kw):
+    ...         return {"input_ids": [[1] * len(t.split()) for t in texts],
+    ...                 "token_type_ids": [[0] * len(t.split()) for t in texts]}
+    >>> split = TaskSplit("sst", "train", None, ["a", "b", "c"], ["x y", "x", "x y z"], None,
+    ...                   [0, 1, 2])
+    >>> loader = task_loader(TokenizedTask(split, Tok(), "cross", 8), batch_size=2)
+    >>> sorted(len(b["index"]) for b in loader)
+    [1, 2]
     """
-    sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, shuffle, seed,
-                                        swap_pairs=swap_pairs and ds.has_both_orders)
-    # an own generator: iterating never draws from the global RNG (exact --resume)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate or ds.collate,
-                      generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    sampler: Sampler[int] = LengthGroupedSampler(batch_size, lengths=ds.lengths,
+                                                 generator=generator)
+    if swap_pairs and ds.has_both_orders:
+        sampler = PairSwapSampler(sampler, len(ds), generator)
+    return DataLoader(ds, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                      collate_fn=collate or ds.collate, generator=generator)
 
 
-class TaskStream:
-    """An endless, resumable stream of training batches of one task.
+def multitask_loader(train_sets: Mapping[str, TokenizedTask], batch_sizes: Mapping[str, int],
+                     mode: str, seed: int, env: DistEnv | None = None,
+                     steps_per_epoch: int | None = None, swap_pairs: bool = False,
+                     equal_shards: bool = False) -> mtlkit.MultiTaskLoader:
+    """``mtlkit.MultiTaskLoader`` over one :func:`task_loader` per task.
 
-    Each pass over the data reshuffles (``seed + pass``); ``state_dict`` is (pass, batches
-    consumed), so a resumed run sees exactly the batches it would have seen.
+    ``mode`` is the loader's (``"interleaved"`` yields ``{task: batch}``, the others
+    ``(task, batch)``); ``carry_over=True`` continues a task's unfinished pass across epochs.
+    Under torchrun (``env.world > 1``) each batch keeps this rank's rows (``equal_shards``:
+    as many on every rank, for collectives over the embeddings).
     """
+    env = env or DistEnv()
+    loaders = {}
+    for k, (task, ds) in enumerate(train_sets.items()):
+        collate = ShardCollate(ds.collate, env, equal=equal_shards) if env.distributed else None
+        loaders[task] = task_loader(ds, batch_sizes[task], seed + k, collate, swap_pairs)
+    extra: dict[str, Any] = {} if mode == "sequential" else {"steps_per_epoch": steps_per_epoch}
+    return mtlkit.MultiTaskLoader(loaders, mode=mode, seed=seed, carry_over=True, **extra)
 
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-        self.sampler: LengthGroupedBatchSampler = loader.batch_sampler  # type: ignore[assignment]
-        self.passes, self.pos = 0, 0
-        self._it: Iterator[dict[str, torch.Tensor]] | None = None
 
-    def batches_per_pass(self) -> int:
-        return math.ceil(len(self.sampler.lengths) / self.sampler.batch_size)
+def as_task_batches(item: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """A MultiTaskLoader item as ``{task: batch}`` (the sampled modes yield ``(task, batch)``).
 
-    def next(self) -> dict[str, torch.Tensor]:
-        if self._it is None:
-            self.sampler.set_epoch(self.passes, self.pos)
-            self._it = iter(self.loader)
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self.passes, self.pos = self.passes + 1, 0
-            self.sampler.set_epoch(self.passes, 0)
-            self._it = iter(self.loader)
-            batch = next(self._it)
-        self.pos += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"passes": self.passes, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.passes, self.pos, self._it = int(state["passes"]), int(state["pos"]), None
+    >>> as_task_batches(("sst", {"x": 1})), as_task_batches({"a": 1, "b": 2})
+    ({'sst': {'x': 1}}, {'a': 1, 'b': 2})
+    """
+    if isinstance(item, dict):
+        return item
+    task, batch = item
+    return {task: batch}

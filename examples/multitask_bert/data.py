@@ -1,222 +1,34 @@
-"""CS224N-format CSV loading, tokenization once per run, dynamic padding.
+"""The pipeline's data: the three tasks' splits, tokenization once per run, dynamic padding.
 
-Length-aware batching lives in :mod:`multitask_bert.batching`.
-
-The files are described in ``../shared/data/README.md``. Every quirk listed there is handled
-here: the unnamed pandas index column (columns are found by header name, never by position), the
-SST test file's extra leading column, CSV quoting with doubled quotes (the ``csv`` module parses
-them; splitting on tabs by hand would keep the quotes; QQP questions quoted twice upstream are
-unquoted once more by :func:`unquote_nested`), QQP labels written as floats, and rows
-with a missing sentence or label, which are logged with file and line, skipped, and counted.
+Reading lives in :mod:`multitask_bert.csv_data` (the CS224N files) and
+:mod:`multitask_bert.hub_data` (the same tasks from the Hugging Face hub, and
+:func:`~multitask_bert.hub_data.load_task_splits` choosing between the two); the checks both
+apply in :mod:`multitask_bert.data_checks`; length-aware batching in
+:mod:`multitask_bert.batching`. The reading names are re-exported here for the callers.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-logger = logging.getLogger(__name__)
-
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
-
-# (task, split) -> candidate file names, first existing wins.
-FILES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("sst", "train"): ("ids-sst-train.csv",),
-    ("sst", "dev"): ("ids-sst-dev.csv",),
-    ("sst", "test"): ("ids-sst-test-student.csv",),
-    ("qqp", "train"): ("quora-train.csv", "quora-train-partial.csv"),
-    ("qqp", "dev"): ("quora-dev.csv",),
-    ("qqp", "test"): ("quora-test-student.csv",),
-    ("sts", "train"): ("sts-train.csv",),
-    ("sts", "dev"): ("sts-dev.csv",),
-    ("sts", "test"): ("sts-test-student.csv",),
-}
-LABEL_COLUMN = {"sst": "sentiment", "qqp": "is_duplicate", "sts": "similarity"}
-PAIR_TASKS = frozenset({"qqp", "sts"})
-
-_PTB = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}",
-        "``": '"', "''": '"', "\\/": "/", "\\*": "*"}
-
-
-def normalize_ptb(text: str) -> str:
-    """Undo the Penn-Treebank escapes of the SST sentences and strip outer spaces.
-
-    >>> normalize_ptb(" A -LRB- good -RRB- `` film '' and\\\\/or not")
-    'A ( good ) " film " and/or not'
-    """
-    for escaped, plain in _PTB.items():
-        text = text.replace(escaped, plain)
-    return text.strip()
-
-
-@dataclass
-class TaskSplit:
-    """The rows of one file: ids, sentences and (for train/dev) labels.
-
-    Attributes:
-        task: ``"sst"``, ``"qqp"`` or ``"sts"``.
-        split: ``"train"``, ``"dev"`` or ``"test"``.
-        path: the file read.
-        ids: the ``id`` column.
-        sent1: the first (or only) sentence of each row.
-        sent2: the second sentence for pair tasks, else ``None``.
-        labels: SST class (int 0-4), QQP 0/1, STS score in [0, 5]; ``None`` for test files.
-        skipped: how many rows were skipped (missing sentence or label).
-    """
-
-    task: str
-    split: str
-    path: Path
-    ids: list[str] = field(default_factory=list)
-    sent1: list[str] = field(default_factory=list)
-    sent2: list[str] | None = None
-    labels: list[float] | None = None
-    skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, indices: Sequence[int]) -> TaskSplit:
-        """A new split with only the rows at ``indices`` (in that order)."""
-        return TaskSplit(
-            self.task, self.split, self.path, [self.ids[i] for i in indices],
-            [self.sent1[i] for i in indices],
-            None if self.sent2 is None else [self.sent2[i] for i in indices],
-            None if self.labels is None else [self.labels[i] for i in indices], self.skipped)
-
-
-def resolve_path(data_dir: str | Path, task: str, split: str) -> Path:
-    """The file for ``(task, split)`` under ``data_dir``.
-
-    Raises:
-        FileNotFoundError: naming the expected path(s) and the ``--data-dir`` flag.
-    """
-    if (task, split) not in FILES:
-        raise ValueError(f"unknown task/split {(task, split)!r}; tasks: sst, qqp, sts; "
-                         f"splits: {', '.join(SPLITS)}")
-    data_dir = Path(data_dir)
-    candidates = [data_dir / name for name in FILES[(task, split)]]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"{task} {split} data not found: expected {' or '.join(map(str, candidates))}. "
-        "Point --data-dir (or $MTLKIT_DATA_DIR) at the directory holding the CS224N CSV files")
-
-
-def read_split(data_dir: str | Path, task: str, split: str) -> TaskSplit:
-    """Read one CS224N CSV file with the ``csv`` module (tab-separated, default quoting).
-
-    Columns are found by header name, so the unnamed index column and the SST test file's
-    extra leading column need no special case. A row with a missing sentence or label is logged
-    with its file and line and skipped; the count is logged too and kept in ``skipped``.
-
-    Raises:
-        FileNotFoundError: the file is missing (the message names the path and ``--data-dir``).
-        ValueError: a header lacks a needed column, or a label is not a number in range.
-    """
-    path = resolve_path(data_dir, task, split)
-    pair = task in PAIR_TASKS
-    text_cols = ("sentence1", "sentence2") if pair else ("sentence",)
-    out = TaskSplit(task, split, path, sent2=[] if pair else None)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file (no header line)")
-        col = {name: i for i, name in enumerate(header)}
-        needed = ("id", *text_cols)
-        missing = [name for name in needed if name not in col]
-        if missing:
-            raise ValueError(f"{path}: header {header!r} lacks column(s) {missing}")
-        label_col = col.get(LABEL_COLUMN[task])
-        if split != "test" and label_col is None:
-            raise ValueError(f"{path}: header {header!r} lacks label column "
-                             f"{LABEL_COLUMN[task]!r}")
-        if label_col is not None:
-            out.labels = []
-        for row in reader:
-            line = reader.line_num
-            if len(row) != len(header):
-                logger.warning("%s:%d: %d fields, header has %d; row skipped",
-                               path, line, len(row), len(header))
-                out.skipped += 1
-                continue
-            texts = [unquote_nested(row[col[c]].strip()) for c in text_cols]
-            raw_label = row[label_col].strip() if label_col is not None else "x"
-            if not all(texts) or not raw_label:
-                what = "sentence" if not all(texts) else "label"
-                logger.warning("%s:%d: row id=%s has an empty %s; row skipped",
-                               path, line, row[col["id"]], what)
-                out.skipped += 1
-                continue
-            if out.labels is not None:
-                out.labels.append(_parse_label(task, raw_label, path, line))
-            if task == "sst":
-                texts[0] = normalize_ptb(texts[0])
-            out.ids.append(row[col["id"]])
-            out.sent1.append(texts[0])
-            if pair:
-                out.sent2.append(texts[1])
-    if out.skipped:
-        logger.warning("%s: skipped %d row(s) with missing fields (kept %d)",
-                       path, out.skipped, len(out))
-    return out
-
-
-def unquote_nested(text: str) -> str:
-    """Undo a second level of CSV quoting left inside a field.
-
-    Some QQP questions were quoted twice upstream (the original Quora TSV quoted the ones
-    holding quotes, and the course's pandas export quoted them again), so one ``csv`` parse
-    leaves text such as ``"Do I need ""the"" here?"``. A field that starts and ends with a
-    quote and whose inner quotes all come doubled (at least one pair) is unquoted once more;
-    anything else, such as a question simply written in quotes, is kept as is.
-
-    >>> print(unquote_nested('"Do I need ""the"" here?"'))
-    Do I need "the" here?
-    >>> print(unquote_nested('"Hi" and "bye"'))
-    "Hi" and "bye"
-    """
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
-        return text
-    inner = text[1:-1]
-    if '""' not in inner or inner.replace('""', "").count('"'):
-        return text
-    return inner.replace('""', '"')
-
-
-def _parse_label(task: str, raw: str, path: Path, line: int) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{path}:{line}: label {raw!r} is not a number") from None
-    if task == "sst" and (value not in (0, 1, 2, 3, 4)):
-        raise ValueError(f"{path}:{line}: SST label {raw!r} is not one of 0-4")
-    if task == "qqp" and value not in (0.0, 1.0):
-        raise ValueError(f"{path}:{line}: QQP label {raw!r} is not 0 or 1")
-    if task == "sts" and not 0.0 <= value <= 5.0:
-        raise ValueError(f"{path}:{line}: STS label {raw!r} is outside [0, 5]")
-    return int(value) if task == "sst" else value
-
-
-def subsample(split: TaskSplit, n: int | None, seed: int) -> TaskSplit:
-    """A seeded random subset of ``n`` rows (all rows when ``n`` is None or too large)."""
-    if n is None or n >= len(split):
-        return split
-    if n <= 0:
-        raise ValueError(f"max rows must be positive, got {n}")
-    idx = sorted(random.Random(seed).sample(range(len(split)), n))
-    return split.subset(idx)
-
+# re-exported (``name as name``): the callers import the reading names from here
+from .csv_data import FILES as FILES
+from .csv_data import read_split as read_split
+from .csv_data import resolve_path as resolve_path
+from .csv_data import unquote_nested as unquote_nested
+from .data_checks import SPLITS as SPLITS
+from .data_checks import TASKS as TASKS
+from .data_checks import DataFileError as DataFileError
+from .task_split import LABEL_COLUMN as LABEL_COLUMN
+from .task_split import PAIR_TASKS as PAIR_TASKS
+from .task_split import TEXT_COLUMNS as TEXT_COLUMNS
+from .task_split import TaskSplit as TaskSplit
+from .task_split import normalize_ptb as normalize_ptb
+from .task_split import subsample as subsample
 
 # ----------------------------------------------------------------------------- tokenization
 
@@ -361,17 +173,3 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._cache)
-
-
-def mine_positive_pairs(split: TaskSplit, sts_threshold: float = 4.0) -> list[tuple[str, str]]:
-    """Positive sentence pairs for supervised SimCSE: QQP duplicates, STS pairs >= threshold.
-
-    >>> s = TaskSplit("qqp", "train", Path("x"), ["a", "b"], ["q1", "q2"], ["p1", "p2"], [1.0, 0.0])
-    >>> mine_positive_pairs(s)
-    [('q1', 'p1')]
-    """
-    if split.sent2 is None or split.labels is None:
-        raise ValueError(f"{split.task} {split.split}: positive mining needs labelled pairs")
-    cut = 1.0 if split.task == "qqp" else sts_threshold
-    return [(a, b) for a, b, y in zip(split.sent1, split.sent2, split.labels, strict=True)
-            if y >= cut]

@@ -1,4 +1,5 @@
-"""Ensembles of finished runs: the best checkpoints of several runs, their outputs averaged.
+"""Ensembles: several runs trained (a recipe's member groups, ``--preset best``) or finished
+runs combined; the best checkpoints' outputs averaged per task.
 
 A single model of this pipeline saturates before a 30-minute budget runs out (SST-5 peaks in
 its first epoch, Quora and STS-B gain little in the third), so part of the budget buys more
@@ -14,7 +15,7 @@ logits, as ``--symmetric-eval`` averages the two orders of a pair; STS-B the sco
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -25,11 +26,21 @@ from typing import Any
 import torch
 
 from .checkpoint import load_latest
-from .data import TaskSplit, TokenCache, TokenizedTask
-from .evaluate import Predictions, model_outputs
+from .config import RunConfig
+from .data import TaskSplit, TokenCache, TokenizedTask, read_split, subsample
+from .evaluate import Predictions, dev_scores, model_outputs
 from .model import predict
 from .pair_features import CosineFeatures
-from .pipeline import build_model, token_mode
+from .pipeline import build_model, read_test_split, resolve_device
+from .precision import resolve_precision
+from .report import (
+    atomic_write_text,
+    errors_markdown,
+    qqp_rates,
+    write_metrics,
+    write_plots,
+    write_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +74,12 @@ class Member:
 
     Attributes:
         out: the run's output directory.
-        config: its flags, from ``metrics.json``.
+        config: its configuration, from ``metrics.json``.
         metrics: the rest of its ``metrics.json`` (``best_dev``, ``train_seconds``, ...).
     """
 
     out: Path
-    config: dict[str, Any]
+    config: RunConfig
     metrics: dict[str, Any]
 
     @classmethod
@@ -87,35 +98,36 @@ class Member:
         best = out / "checkpoints" / "best"
         if not (best.exists() or best.with_name("best.previous").exists()):
             raise FileNotFoundError(f"{best} not found: the run kept no best checkpoint")
-        metrics = json.loads(path.read_text())
-        return cls(out, metrics["config"], metrics)
+        return cls(out, RunConfig.from_metrics(path), json.loads(path.read_text()))
 
     def outputs(self, splits: dict[str, dict[str, TaskSplit]], device: torch.device,
-                batch_size: int = 64) -> dict[tuple[str, str], torch.Tensor]:
+                batch_size: int = 64, progress: bool = False
+                ) -> dict[tuple[str, str], torch.Tensor]:
         """The raw outputs of the member's best checkpoint, per ``(task, split)`` of the tasks
         it was trained on, made the way its run made its own predictions (its tokenization,
-        ``--symmetric-eval``, ``--bf16``, ``--pair-feature``)."""
-        args = argparse.Namespace(**self.config)
-        model, tokenizer = build_model(args)
+        ``--symmetric-eval``, ``--precision``, ``--pair-feature``)."""
+        cfg = self.config
+        model, tokenizer = build_model(cfg)
         model.load_state_dict(load_latest(self.out / "checkpoints" / "best")[0])
         model.to(device)
-        cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
-        symmetric = bool(self.config.get("symmetric_eval"))
+        precision = resolve_precision(cfg.precision, device, log=False)
+        cache = TokenCache(tokenizer, cfg.max_length, cfg.pad_multiple)
         sets: dict[tuple[str, str], TokenizedTask] = {
-            (t, s): cache.get(splits[s][t], token_mode(args), symmetric)
-            for s in splits for t in self.config["tasks"] if t in splits[s]}
-        if self.config.get("pair_feature", "none") != "none":
-            features = CosineFeatures(args.model, device, args.bf16, args.max_length)
+            (t, s): cache.get(splits[s][t], cfg.encoding, cfg.symmetric_eval)
+            for s in splits for t in cfg.tasks if t in splits[s]}
+        if cfg.pair_feature != "none":
+            features = CosineFeatures(cfg.model, device, precision.bf16, cfg.max_length)
             for (t, _), ds in sets.items():
                 if t != "sst":
                     features.attach(ds)
             features.close()
-        return {key: model_outputs(model, ds, batch_size, device, args.bf16, symmetric)
+        return {key: model_outputs(model, ds, batch_size, device, precision,
+                                   cfg.symmetric_eval, progress)
                 for key, ds in sets.items()}
 
 
 def ensemble_predictions(members: Sequence[Member], splits: dict[str, dict[str, TaskSplit]],
-                         device: torch.device, batch_size: int = 64
+                         device: torch.device, batch_size: int = 64, progress: bool = False
                          ) -> dict[tuple[str, str], Predictions]:
     """Predictions of the averaged members per ``(task, split)``; a task is predicted from the
     members trained on it.
@@ -128,7 +140,7 @@ def ensemble_predictions(members: Sequence[Member], splits: dict[str, dict[str, 
     collected: dict[tuple[str, str], list[torch.Tensor]] = {}
     for member in members:
         logger.info("ensemble member %s", member.out)
-        for key, out in member.outputs(splits, device, batch_size).items():
+        for key, out in member.outputs(splits, device, batch_size, progress).items():
             collected.setdefault(key, []).append(out)
     result: dict[tuple[str, str], Predictions] = {}
     for (task, split), outs in collected.items():
@@ -141,3 +153,91 @@ def ensemble_predictions(members: Sequence[Member], splits: dict[str, dict[str, 
     if missing:
         raise ValueError(f"no member was trained on {', '.join(missing)}")
     return result
+
+
+def member_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The members of a recipe with member groups, ``OUT/member-0``, ``OUT/member-1``, ...
+
+    >>> from multitask_bert.presets import RECIPES
+    >>> [(m.tasks, m.seed) for m in member_configs(RECIPES["best"])][1:3]
+    [(('qqp', 'sts'), 1), (('sst',), 0)]
+    """
+    out = Path(cfg.out)
+    configs = []
+    for group in cfg.ensemble:
+        for k in range(group.members):
+            configs.append(cfg.member(group, k, out / f"member-{len(configs)}"))
+    return configs
+
+
+def train_members(configs: Sequence[RunConfig], resume: bool = False) -> list[Path]:
+    """Train every member (with ``resume``, keep the finished ones and continue the others
+    from their last checkpoint); their directories."""
+    from .pipeline import run
+
+    outs = []
+    for index, cfg in enumerate(configs):
+        out = Path(cfg.out)
+        outs.append(out)
+        if resume and (out / "metrics.json").is_file():
+            logger.info("member %d: finished earlier, kept (%s)", index, out)
+            continue
+        logger.info("member %d of %d: tasks %s, seed %d", index + 1, len(configs),
+                    ",".join(cfg.tasks), cfg.seed)
+        run(dataclasses.replace(cfg, resume=resume and (out / "checkpoints").is_dir()))
+    return outs
+
+
+def combine(dirs: Sequence[str | Path], out: str | Path, *, data_dir: str | None = None,
+            device: str = "cpu", plots: bool = True, errors_top_k: int = 10,
+            progress: bool = False, config: dict[str, Any] | None = None,
+            max_eval_per_task: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Combine finished runs into ``out`` (what a single run writes); its metrics.
+
+    ``data_dir`` defaults to the first member's. ``train_seconds`` is the sum of the members':
+    running them over the dev and test sets is prediction work, as a run's evaluation is.
+    ``max_eval_per_task`` (debug) predicts a seeded subset of each split, as a run does.
+    """
+    members = [Member.read(d) for d in dirs]
+    data_dir = data_dir or members[0].config.data_dir
+    tasks = [t for t in ("sst", "qqp", "sts") if any(t in m.config.tasks for m in members)]
+    splits: dict[str, dict[str, Any]] = {"dev": {}, "test": {}}
+    missing: list[str] = []
+    for t in tasks:
+        splits["dev"][t] = subsample(read_split(data_dir, t, "dev"), max_eval_per_task, seed)
+        test = read_test_split(data_dir, t, missing)
+        if test is not None:
+            splits["test"][t] = subsample(test, max_eval_per_task, seed)
+    preds = ensemble_predictions(members, splits, resolve_device(device), progress=progress)
+    out = Path(out)
+    for (t, s), p in preds.items():
+        write_predictions(out / "predictions" / f"{t}-{s}.csv", p)
+    dev = {t: preds[(t, "dev")] for t in tasks}
+    seconds = sum(m.metrics["train_seconds"] for m in members)
+    metrics: dict[str, Any] = {
+        "ensemble": True, "best_dev": dev_scores(dev),
+        "members": [{"out": str(m.out), "seed": m.config.seed, "tasks": list(m.config.tasks),
+                     "best_dev": m.metrics["best_dev"],
+                     "train_minutes": m.metrics.get("train_minutes"),
+                     "precision": m.metrics.get("precision")} for m in members],
+        "train_seconds": round(seconds, 2), "train_minutes": round(seconds / 60, 2),
+        "qqp_dev_rates": (qqp_rates(dev["qqp"].gold, dev["qqp"].pred) if "qqp" in dev
+                          else None),
+        "missing_files": missing,
+        "plots": [str(p.relative_to(out)) for p in write_plots(out / "plots", dev)] if plots
+        else [],
+        "config": config or {},
+    }
+    atomic_write_text(out / "errors.md", errors_markdown(dev, splits["dev"], errors_top_k))
+    write_metrics(out / "metrics.json", metrics)
+    logger.info("ensemble of %d: dev %s, %.1f training minutes; wrote %s", len(members),
+                {k: round(v, 4) for k, v in metrics["best_dev"].items()}, seconds / 60, out)
+    return metrics
+
+
+def run_ensemble(cfg: RunConfig) -> dict[str, Any]:
+    """Train a recipe's member groups into ``OUT/member-K`` and combine them into ``OUT``."""
+    dirs = train_members(member_configs(cfg), cfg.resume)
+    return combine(dirs, cfg.out, data_dir=cfg.data_dir, device=cfg.device, plots=cfg.plots,
+                   errors_top_k=cfg.errors_top_k, progress=cfg.progress, config=cfg.to_dict(),
+                   max_eval_per_task=cfg.max_eval_per_task, seed=cfg.seed)

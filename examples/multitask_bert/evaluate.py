@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .data import TokenizedTask
 from .distributed import DistEnv, all_gather_objects
 from .model import MultiTaskBert, predict
+from .precision import Precision
 
 
 def accuracy(pred: Sequence[float], gold: Sequence[float]) -> float:
@@ -78,8 +80,8 @@ class Predictions:
 
 @torch.no_grad()
 def _rank_outputs(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
-                  device: torch.device, bf16: bool, env: DistEnv,
-                  symmetric: bool) -> dict[int, torch.Tensor]:
+                  device: torch.device, precision: Precision | None, env: DistEnv,
+                  symmetric: bool, progress: bool) -> dict[int, torch.Tensor]:
     """This rank's rows of ``ds`` (every ``world``-th of the length-sorted order): row index to
     the model's float32 output on CPU, averaged over both orders when ``symmetric``."""
     was_training = model.training
@@ -87,45 +89,46 @@ def _rank_outputs(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
     n = len(ds)
     order = sorted(range(n), key=lambda i: -ds.lengths[i])[env.rank::env.world]
     offsets = [0, n] if symmetric and ds.has_both_orders else [0]
+    batches = [[i + offset for i in order[s:s + batch_size]]
+               for offset in offsets for s in range(0, len(order), batch_size)]
+    # an own generator: evaluating never draws from the global RNG (exact --resume)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
+                        generator=torch.Generator())
     outputs: dict[int, torch.Tensor] = {}
-    ctx = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16
-           else contextlib.nullcontext)
+    bar = tqdm(loader, desc=f"{ds.task} {ds.split.split}", leave=False, dynamic_ncols=True,
+               disable=not progress or not env.is_main)
     try:
-        for offset in offsets:
-            batches = [[i + offset for i in order[s:s + batch_size]]
-                       for s in range(0, len(order), batch_size)]
-            # an own generator: evaluating never draws from the global RNG (exact --resume)
-            loader = DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
-                                generator=torch.Generator())
-            for batch in loader:
-                idx = batch.pop("index").tolist()
-                batch.pop("labels", None)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with ctx():
-                    out = model(ds.task, batch).float().cpu()
-                for i, o in zip(idx, out, strict=True):
-                    outputs[i] = o if i not in outputs else outputs[i] + o
+        for batch in bar:
+            idx = batch.pop("index").tolist()
+            batch.pop("labels", None)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with precision.autocast() if precision is not None else contextlib.nullcontext():
+                out = model(ds.task, batch).float().cpu()
+            for i, o in zip(idx, out, strict=True):
+                outputs[i] = o if i not in outputs else outputs[i] + o
     finally:
+        bar.close()
         model.train(was_training)
     return {i: o / len(offsets) for i, o in outputs.items()}
 
 
 def model_outputs(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
-                  device: torch.device, bf16: bool = False,
-                  symmetric: bool = False) -> torch.Tensor:
+                  device: torch.device, precision: Precision | None = None,
+                  symmetric: bool = False, progress: bool = False) -> torch.Tensor:
     """The model's raw outputs for every row of ``ds``, in file order, one process: SST logits
     ``(n, 5)``, the QQP logit or the STS score ``(n,)`` (both orders averaged when
     ``symmetric``, as in :func:`predict_split`). :func:`~multitask_bert.model.predict` turns
     them into predictions; :mod:`~multitask_bert.ensemble` averages several models' outputs.
     """
-    outputs = _rank_outputs(model, ds, batch_size, device, bf16, DistEnv(device=device),
-                            symmetric)
+    outputs = _rank_outputs(model, ds, batch_size, device, precision, DistEnv(device=device),
+                            symmetric, progress)
     return torch.stack([outputs[i] for i in range(len(ds))])
 
 
 def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
-                  device: torch.device, bf16: bool = False,
-                  env: DistEnv | None = None, symmetric: bool = False) -> Predictions:
+                  device: torch.device, precision: Precision | None = None,
+                  env: DistEnv | None = None, symmetric: bool = False,
+                  progress: bool = False) -> Predictions:
     """Run ``model`` over every row of ``ds`` (length-sorted batches, results in file order).
 
     ``symmetric=True`` (a dataset tokenized with both orders of each pair, see
@@ -135,10 +138,10 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
 
     Under torchrun (``env.world > 1``) each rank predicts every ``world``-th row of the
     length-sorted order and the ranks' rows are all-gathered, so every rank returns the
-    predictions of every row, in file order.
+    predictions of every row, in file order. ``progress`` shows a progress bar (main process).
     """
     env = env or DistEnv(device=device)
-    outputs = _rank_outputs(model, ds, batch_size, device, bf16, env, symmetric)
+    outputs = _rank_outputs(model, ds, batch_size, device, precision, env, symmetric, progress)
     rows: list[tuple[int, float, float]] = []
     if outputs:
         idx = list(outputs)

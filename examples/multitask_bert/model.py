@@ -48,34 +48,45 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_backbone(name: str, encoder_dropout: float | None = None) -> tuple[nn.Module, Any]:
+def load_backbone(name: str, encoder_dropout: float | None = None,
+                  report: dict[str, list[str]] | None = None) -> tuple[nn.Module, Any]:
     """Load ``(encoder, tokenizer)`` for ``name`` (see :func:`resolve_model`).
+
+    Hugging Face's own loading messages are left on, so a checkpoint that does not fit the
+    architecture ("newly initialized weights") is seen. The encoder is built without BERT's
+    pooler (the heads pool themselves), so a checkpoint's ``pooler.*`` weights are expected to
+    be unused; any other missing or unexpected key is logged as a warning.
 
     Args:
         name: a Hugging Face model name or a local directory (config, weights, tokenizer).
         encoder_dropout: if given, overrides the encoder's hidden and attention dropout.
+        report: if given, filled with the sorted ``missing`` and ``unexpected`` keys.
     """
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model(name)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"output_loading_info": True}
     if encoder_dropout is not None:
         kwargs.update(hidden_dropout_prob=encoder_dropout,
                       attention_probs_dropout_prob=encoder_dropout)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
         try:
-            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+            encoder, info = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
         except TypeError:  # architectures without a pooler flag
-            encoder = AutoModel.from_pretrained(path, **kwargs)
+            encoder, info = AutoModel.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise OSError(f"cannot load model {name!r} (resolved to {path!r}): {exc}. Pass --model "
                       "a local directory or a Hugging Face name reachable offline.") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", ()))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ())
+                        if not k.startswith("pooler."))
+    if missing or unexpected:
+        logger.warning("%s: %d weights newly initialized (missing from the checkpoint: %s), "
+                       "%d unused: %s", name, len(missing), missing[:8], len(unexpected),
+                       unexpected[:8])
+    if report is not None:
+        report.update(missing=missing, unexpected=sorted(info.get("unexpected_keys", ())))
     logger.info("loaded %s from %s (%.1fM parameters)", name, path,
                 sum(p.numel() for p in encoder.parameters()) / 1e6)
     return encoder, tokenizer
@@ -191,42 +202,33 @@ class MultiTaskBert(nn.Module):
         assert self.encoder is not None
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
-    def input_embeddings(self, task: str) -> nn.Module:
-        """The word-embedding layer used for ``task`` (SMART perturbs its output)."""
-        enc = self.encoder_for(task)
-        for cand in (enc, getattr(enc, "base_model", None), getattr(enc, "model", None)):
-            if cand is not None and hasattr(cand, "get_input_embeddings"):
-                return cand.get_input_embeddings()
-        raise TypeError(f"{type(enc).__name__} exposes no get_input_embeddings()")
-
-    def embed(self, task: str, batch: dict[str, torch.Tensor], suffix: str = "",
-              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """The pooled embedding of the sequence ``input_ids{suffix}`` of ``batch``."""
-        mask = batch["attention_mask" + suffix]
-        kwargs: dict[str, Any] = {"attention_mask": mask,
+    def encoder_inputs(self, task: str, batch: dict[str, torch.Tensor],
+                       suffix: str = "") -> dict[str, Any]:
+        """The encoder's keyword arguments for sequence ``suffix`` of ``batch``, but the ids
+        (with a LoRA mixture, the routing ``task`` too)."""
+        kwargs: dict[str, Any] = {"attention_mask": batch["attention_mask" + suffix],
                                   "token_type_ids": batch["token_type_ids" + suffix]}
-        if inputs_embeds is None:
-            kwargs["input_ids"] = batch["input_ids" + suffix]
-        else:
-            kwargs["inputs_embeds"] = inputs_embeds
-        enc = self.encoder_for(task)
-        hidden = _hidden_states(enc(task=task, **kwargs) if self.routed else enc(**kwargs))
+        if self.routed:
+            kwargs["task"] = task
+        return kwargs
+
+    def pool(self, encoder_output: Any, mask: torch.Tensor) -> torch.Tensor:
+        """The sentence embedding of an encoder output: [CLS] or the masked mean."""
+        hidden = _hidden_states(encoder_output)
         if self.pooling == "cls":
             return hidden[:, 0]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
-    def forward(self, task: str, batch: dict[str, torch.Tensor],
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Task output: SST logits ``(B, 5)``; QQP logit ``(B,)``; STS score ``(B,)``.
+    def embed(self, task: str, batch: dict[str, torch.Tensor], suffix: str = "") -> torch.Tensor:
+        """The pooled embedding of the sequence ``input_ids{suffix}`` of ``batch``."""
+        out = self.encoder_for(task)(input_ids=batch["input_ids" + suffix],
+                                     **self.encoder_inputs(task, batch, suffix))
+        return self.pool(out, batch["attention_mask" + suffix])
 
-        ``inputs_embeds`` replaces the word embeddings of the first sequence (SMART).
-        """
-        if task not in self.heads:
-            raise ValueError(f"unknown task {task!r}; expected one of sst, qqp, sts")
-        z = self.embed(task, batch, inputs_embeds=inputs_embeds)
-        if task != "sst" and self.encoding == "separate":
-            z = torch.cat([z, self.embed(task, batch, suffix="_2")], dim=-1)
+    def head_output(self, task: str, z: torch.Tensor,
+                    batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Dropout and ``task``'s head on the pooled embedding(s) ``z``."""
         z = self.dropout(z)
         if task == "sst":
             return self.heads[task](z)
@@ -236,6 +238,23 @@ class MultiTaskBert(nn.Module):
                                  "batch has no 'pair_feature' (see TokenizedTask.set_features)")
             return self.heads[task](z, batch["pair_feature"])
         return self.heads[task](z).squeeze(-1)
+
+    def output_of_encoding(self, task: str, encoder_output: Any,
+                           batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task output from the encoder's output for the batch's (first) sequence: what
+        ``mtlkit.hf_smart_inputs`` needs as its head. Cross encoding only for pairs."""
+        if task != "sst" and self.encoding == "separate":
+            raise ValueError(f"{task}: separate encoding needs both sentences' encodings")
+        return self.head_output(task, self.pool(encoder_output, batch["attention_mask"]), batch)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Task output: SST logits ``(B, 5)``; QQP logit ``(B,)``; STS score ``(B,)``."""
+        if task not in self.heads:
+            raise ValueError(f"task: expected one of sst, qqp, sts, got {task!r}")
+        z = self.embed(task, batch)
+        if task != "sst" and self.encoding == "separate":
+            z = torch.cat([z, self.embed(task, batch, suffix="_2")], dim=-1)
+        return self.head_output(task, z, batch)
 
 
 def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

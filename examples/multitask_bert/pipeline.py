@@ -1,5 +1,7 @@
-"""One run of the pipeline from parsed flags: data, model, (contrastive stage), training,
-final predictions with the best checkpoint, and the reports.
+"""One run of the pipeline from a :class:`~multitask_bert.config.RunConfig`: data, model,
+(contrastive stage), training, final predictions with the best checkpoint, and the reports.
+A recipe with member groups (``--preset best``) trains and combines an ensemble instead
+(:func:`multitask_bert.ensemble.run_ensemble`).
 
 Under torchrun every rank runs this function; the process group is set up first and torn
 down at the end (also on error); only rank 0 writes files (checkpoints, metrics.json,
@@ -8,7 +10,6 @@ predictions, plots, errors.md); evaluation is sharded over the ranks and all-gat
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -18,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_latest
+from .config import RunConfig
+from .contrastive import contrastive_stage
 from .data import (
     FILES,
     PAIR_TASKS,
@@ -32,17 +34,17 @@ from .data import (
 from .distributed import (
     DistEnv,
     broadcast_module,
-    broadcast_object,
     parameters_agree,
     setup,
     teardown,
 )
-from .evaluate import Predictions, dev_scores, predict_split
+from .evaluate import dev_scores, predict_split
+from .final import finish
 from .model import MultiTaskBert, load_backbone
 from .pair_features import CosineFeatures, fit_feature_heads
-from .primitives import build_lora_moe, contrastive_stage
-from .report import errors_markdown, qqp_rates, write_metrics, write_plots, write_predictions
-from .train import RunState, TrainConfig, Trainer, autocast_factory
+from .precision import Precision, resolve_precision
+from .primitives import lora_mixture
+from .train import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +56,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_splits(args: argparse.Namespace) -> tuple[dict[str, dict[str, TaskSplit]], list[str]]:
+def load_splits(cfg: RunConfig) -> tuple[dict[str, dict[str, TaskSplit]], list[str]]:
     """``{split: {task: TaskSplit}}`` for train/dev/test; missing test files are listed."""
     out: dict[str, dict[str, TaskSplit]] = {"train": {}, "dev": {}, "test": {}}
     missing: list[str] = []
-    for task in args.tasks:
+    for task in cfg.tasks:
         for split in ("train", "dev"):
-            out[split][task] = read_split(args.data_dir, task, split)
-        test = read_test_split(args.data_dir, task, missing)
+            out[split][task] = read_split(cfg.data_dir, task, split)
+        test = read_test_split(cfg.data_dir, task, missing)
         if test is not None:
             out["test"][task] = test
-        out["train"][task] = subsample(out["train"][task], args.max_train_per_task, args.seed)
-        out["dev"][task] = subsample(out["dev"][task], args.max_eval_per_task, args.seed)
+        out["train"][task] = subsample(out["train"][task], cfg.max_train_per_task, cfg.seed)
+        out["dev"][task] = subsample(out["dev"][task], cfg.max_eval_per_task, cfg.seed)
         if task in out["test"]:
-            out["test"][task] = subsample(out["test"][task], args.max_eval_per_task, args.seed)
+            out["test"][task] = subsample(out["test"][task], cfg.max_eval_per_task, cfg.seed)
     return out, missing
 
 
@@ -88,21 +90,34 @@ def read_test_split(data_dir: str | Path, task: str, missing: list[str]) -> Task
         return None
 
 
-def build_model(args: argparse.Namespace) -> tuple[MultiTaskBert, Any]:
-    """The model for ``args.mixture`` (none / full / lora) and the tokenizer."""
-    encoder, tokenizer = load_backbone(args.model, args.encoder_dropout)
+def build_model(cfg: RunConfig, report: dict[str, Any] | None = None
+                ) -> tuple[MultiTaskBert, Any]:
+    """The model for ``cfg.mixture`` (none / full / lora) and the tokenizer; ``report`` gets
+    the loading report of each encoder loaded (see :func:`~multitask_bert.model.load_backbone`).
+    """
+    reports: list[dict[str, list[str]]] = []
+
+    def load() -> tuple[torch.nn.Module, Any]:
+        reports.append({})
+        return load_backbone(cfg.model, cfg.encoder_dropout, reports[-1])
+
+    encoder, tokenizer = load()
     hidden = encoder.config.hidden_size
-    kw = {"encoding": args.encoding, "dropout": args.dropout, "pooling": args.pooling,
-          "pair_feature": getattr(args, "pair_feature", "none") != "none"}
-    if args.mixture == "full":
-        encoders = {args.tasks[0]: encoder}
-        for task in args.tasks[1:]:
-            encoders[task] = load_backbone(args.model, args.encoder_dropout)[0]
-        return MultiTaskBert(None, hidden, task_encoders=encoders, **kw), tokenizer
-    if args.mixture == "lora":
-        moe = build_lora_moe(encoder, args.tasks, args.lora_r, args.lora_alpha)
-        return MultiTaskBert(moe, hidden, routed=True, **kw), tokenizer
-    return MultiTaskBert(encoder, hidden, **kw), tokenizer
+    kw = {"encoding": cfg.encoding, "dropout": cfg.dropout, "pooling": cfg.pooling,
+          "pair_feature": cfg.pair_feature != "none"}
+    if cfg.mixture == "full":
+        encoders = {cfg.tasks[0]: encoder}
+        for task in cfg.tasks[1:]:
+            encoders[task] = load()[0]
+        model = MultiTaskBert(None, hidden, task_encoders=encoders, **kw)
+    elif cfg.mixture == "lora":
+        moe = lora_mixture(encoder, cfg.tasks, cfg.lora_r, cfg.lora_alpha)
+        model = MultiTaskBert(moe, hidden, routed=True, **kw)
+    else:
+        model = MultiTaskBert(encoder, hidden, **kw)
+    if report is not None:
+        report["encoders"] = reports
+    return model, tokenizer
 
 
 def set_determinism(enabled: bool, device: torch.device) -> None:
@@ -117,173 +132,126 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(cfg: RunConfig) -> dict[str, Any]:
     """Train and report; returns what is written to ``OUT/metrics.json`` (on every rank).
 
-    Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here and destroyed
-    when the run ends or fails.
+    A recipe with member groups trains and combines its ensemble. Under torchrun
+    (``WORLD_SIZE`` > 1) the process group is initialised here and destroyed when the run ends
+    or fails.
+
+    Raises:
+        ValueError: no data directory.
     """
-    device = resolve_device(args.device)
-    set_determinism(getattr(args, "deterministic", False), device)
+    if not cfg.data_dir:
+        raise ValueError("--data-dir: expected the directory of the CS224N CSV files (or "
+                         "$MTLKIT_DATA_DIR), got none")
+    if cfg.ensemble:
+        from .ensemble import run_ensemble
+
+        return run_ensemble(cfg)
+    device = resolve_device(cfg.device)
+    set_determinism(cfg.deterministic, device)
     env = setup(device)
     try:
-        return _run(args, env)
+        return _run(cfg, env)
     finally:
         teardown()
 
 
-def _run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
+class _Data:
+    """The splits of a run, tokenized (training sets with both pair orders for ``--pair-swap``,
+    dev sets for ``--symmetric-eval``)."""
+
+    def __init__(self, cfg: RunConfig, tokenizer: Any) -> None:
+        for task in cfg.tasks:  # fail fast on a missing file
+            for split in ("train", "dev"):
+                resolve_path(cfg.data_dir, task, split)
+        self.splits, self.missing = load_splits(cfg)
+        self.cache = TokenCache(tokenizer, cfg.max_length, cfg.pad_multiple)
+        self.mode, self.symmetric = cfg.encoding, cfg.symmetric_eval
+        t0 = time.perf_counter()
+        self.train = {t: self.cache.get(self.splits["train"][t], self.mode, cfg.pair_swap)
+                      for t in cfg.tasks}
+        self.dev = {t: self.get("dev", t) for t in cfg.tasks}
+        logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in self.train.items()},
+                    time.perf_counter() - t0)
+
+    def get(self, split: str, task: str) -> TokenizedTask:
+        """The tokenized evaluation split (both orders with ``--symmetric-eval``)."""
+        return self.cache.get(self.splits[split][task], self.mode, self.symmetric)
+
+
+def _run(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = env.device
-    out = Path(args.out)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, out = env.device, Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for task in args.tasks:  # fail fast, before loading a model
-        for split in ("train", "dev"):
-            resolve_path(args.data_dir, task, split)
-    splits, missing = load_splits(args)
-    model, tokenizer = build_model(args)
+    precision = resolve_precision(cfg.precision, device)
+    loading: dict[str, Any] = {}
+    model, tokenizer = build_model(cfg, loading)
+    data = _Data(cfg, tokenizer)
     model.to(device)
     broadcast_module(model, env)  # every rank starts from rank 0's initial weights
     if env.rank > 0:  # each rank its own dropout / SMART noise stream
-        torch.manual_seed(args.seed + 7919 * env.rank)
-    cache = TokenCache(tokenizer, args.max_length, args.pad_multiple)
-    t0 = time.perf_counter()
-    swap, sym = getattr(args, "pair_swap", False), getattr(args, "symmetric_eval", False)
-    train_sets = {t: cache.get(splits["train"][t], token_mode(args), swap) for t in args.tasks}
-    dev_sets = {t: cache.get(splits["dev"][t], token_mode(args), sym) for t in args.tasks}
-    logger.info("tokenized %s in %.1f s", {t: len(ds) for t, ds in train_sets.items()},
-                time.perf_counter() - t0)
-    feature_seconds = attach_pair_features(args, model, splits, cache, train_sets, dev_sets,
-                                           device)
-    eval_bs = args.eval_batch_size or 4 * args.batch_size
+        torch.manual_seed(cfg.seed + 7919 * env.rank)
+    feature_seconds = attach_pair_features(cfg, model, data, device, precision)
+    eval_bs = cfg.eval_batch_size or 4 * cfg.batch_size
 
     def eval_fn(m: MultiTaskBert) -> dict[str, float]:
-        return dev_scores({t: predict_split(m, ds, eval_bs, device, args.bf16, env, sym)
-                           for t, ds in dev_sets.items()})
+        return dev_scores({t: predict_split(m, ds, eval_bs, device, precision, env,
+                                            cfg.symmetric_eval, cfg.progress)
+                           for t, ds in data.dev.items()})
 
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-        task_batch_sizes=dict(getattr(args, "task_batch_sizes", None) or {}),
-        steps_per_epoch=args.steps_per_epoch, lr_schedule=args.lr_schedule,
-        clip_norm=args.clip_norm, surgery=args.surgery, smart_weight=args.smart_weight,
-        smart_mode=args.smart_mode,
-        loader=args.loader, bf16=args.bf16, seed=args.seed,
-        max_train_seconds=None if args.max_train_minutes is None else 60 * args.max_train_minutes,
-        max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress,
-        checkpoint_every=getattr(args, "checkpoint_every", 0),
-        ema=getattr(args, "ema", 0.0) or 0.0, pair_swap=swap,
-        select=getattr(args, "select", "overall"),
-        layer_lr_decay=getattr(args, "layer_lr_decay", 1.0))
-    trainer = Trainer(cfg, model, train_sets, eval_fn, device, out / "checkpoints", RunState(),
+    trainer = Trainer(cfg, model, data.train, eval_fn, device, out / "checkpoints", precision,
                       env)
-    if args.resume and not trainer.load_last():
+    if cfg.resume and not trainer.load_last():
         logger.warning("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
-    if feature_seconds is not None and "pair_feature_seconds" not in trainer.state.extra:
+    extra = trainer.state.extra
+    if feature_seconds is not None and "pair_feature_seconds" not in extra:
         # the training sets' features are training compute (a resumed run counted them)
-        trainer.state.extra["pair_feature_seconds"] = round(feature_seconds, 2)
+        extra["pair_feature_seconds"] = round(feature_seconds, 2)
         trainer.state.train_seconds += feature_seconds
-    if args.contrastive and not trainer.state.extra.get("contrastive_done"):
+    if cfg.contrastive and not extra.get("contrastive_done"):
         t0 = time.perf_counter()
-        trainer.state.extra["contrastive_loss"] = contrastive_stage(
-            model, splits["train"], cache, unsup_steps=args.contrastive_unsup_steps,
-            sup_steps=args.contrastive_sup_steps, batch_size=args.contrastive_batch_size,
-            lr=args.contrastive_lr or args.lr, temperature=args.contrastive_temperature,
-            device=device, seed=args.seed, clip_norm=args.clip_norm,
-            autocast=autocast_factory(device, args.bf16), env=env)
-        trainer.state.extra["contrastive_done"] = True
-        trainer.state.extra["contrastive_seconds"] = round(time.perf_counter() - t0, 2)
+        extra["contrastive_loss"] = contrastive_stage(model, data.splits["train"], data.cache,
+                                                      cfg, device, precision.autocast, env)
+        extra["contrastive_done"] = True
+        extra["contrastive_seconds"] = round(time.perf_counter() - t0, 2)
         trainer.state.train_seconds += time.perf_counter() - t0
     state = trainer.run()
     if not parameters_agree(model, env):
         raise RuntimeError("the ranks' parameters differ after training (a gradient was not "
                            "reduced across ranks)")
-
-    best = out / "checkpoints" / "best"
-    if broadcast_object(best.exists() or best.with_name("best.previous").exists(), env):
-        if env.is_main:
-            model.load_state_dict(load_latest(best)[0])
-        broadcast_module(model, env)
-    else:
-        logger.warning("no best checkpoint (no epoch finished); predicting with the last weights")
-    dev_preds: dict[str, Predictions] = {}
-    main = env.is_main
-    for t in args.tasks:
-        dev_preds[t] = predict_split(model, dev_sets[t], eval_bs, device, args.bf16, env, sym)
-        if main:
-            write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
-        if t in splits["test"]:
-            ds = cache.get(splits["test"][t], token_mode(args), sym)
-            test_preds = predict_split(model, ds, eval_bs, device, args.bf16, env, sym)
-            if main:
-                write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
-    final_dev = dev_scores(dev_preds)
-    plots = [] if args.no_plots or not main else [str(p.relative_to(out)) for p in
-                                                  write_plots(out / "plots", dev_preds)]
-    if main:
-        (out / "errors.md").write_text(errors_markdown(dev_preds, splits["dev"],
-                                                       args.errors_top_k))
-    metrics: dict[str, Any] = {
-        "preset": args.preset, "model": args.model, "device": str(device),
-        "world_size": env.world,
-        "best_dev": state.best_dev or final_dev, "best_epoch": state.best_epoch,
-        "best_epochs": state.best_epochs,
-        "final_dev_with_best_checkpoint": final_dev,
-        "history": state.history, "train_seconds": round(state.train_seconds, 2),
-        "train_minutes": round(state.train_seconds / 60, 2), "global_steps": state.global_step,
-        "wall_seconds": round(time.perf_counter() - start, 2),
-        "qqp_dev_rates": (qqp_rates(dev_preds["qqp"].gold, dev_preds["qqp"].pred)
-                          if "qqp" in dev_preds and dev_preds["qqp"].gold else None),
-        "data": {f"{t}-{s}": {"rows": len(sp), "skipped": sp.skipped, "file": str(sp.path)}
-                 for s, d in splits.items() for t, sp in d.items()},
-        "missing_files": missing, "plots": plots, "extra": state.extra,
-        "config": {k: v for k, v in vars(args).items() if k != "func"},
-    }
-    if main:
-        write_metrics(out / "metrics.json", metrics)
-    logger.info("best dev %s (epoch %d), %.1f training minutes; wrote %s",
-                {k: round(v, 4) for k, v in metrics["best_dev"].items()}, state.best_epoch,
-                state.train_seconds / 60, out)
-    return metrics
+    return finish(cfg, model, data, state, env, precision, eval_bs, start,
+                  {"model_loading": loading, "precision": {"used": precision.name,
+                                                           "reason": precision.reason}})
 
 
-def attach_pair_features(args: argparse.Namespace, model: MultiTaskBert,
-                         splits: dict[str, dict[str, TaskSplit]], cache: TokenCache,
-                         train_sets: dict[str, TokenizedTask], dev_sets: dict[str, TokenizedTask],
-                         device: torch.device) -> float | None:
+def attach_pair_features(cfg: RunConfig, model: MultiTaskBert, data: _Data,
+                         device: torch.device, precision: Precision) -> float | None:
     """``--pair-feature cosine``: attach the frozen encoder's cosines to every pair split and
     start the pair heads from their fit on the training sets.
 
     Returns the seconds spent on the training sets (training compute), or None when off. The
     dev and test sets' cosines are prediction work, like evaluation, and are not counted.
     """
-    if getattr(args, "pair_feature", "none") == "none":
+    if cfg.pair_feature == "none":
         return None
-    pair_tasks = [t for t in args.tasks if t in PAIR_TASKS]
+    pair_tasks = [t for t in cfg.tasks if t in PAIR_TASKS]
     t0 = time.perf_counter()
-    features = CosineFeatures(args.model, device, args.bf16, args.max_length)
+    features = CosineFeatures(cfg.model, device, precision.bf16, cfg.max_length)
     for t in pair_tasks:
-        features.attach(train_sets[t])
-    fit_feature_heads(model, {t: train_sets[t] for t in pair_tasks})
+        features.attach(data.train[t])
+    fit_feature_heads(model, {t: data.train[t] for t in pair_tasks})
     seconds = time.perf_counter() - t0
     for t in pair_tasks:
-        features.attach(dev_sets[t])
-        if t in splits["test"]:
-            features.attach(cache.get(splits["test"][t], token_mode(args),
-                                      getattr(args, "symmetric_eval", False)))
+        features.attach(data.dev[t])
+        if t in data.splits["test"]:
+            features.attach(data.get("test", t))
     features.close()
     logger.info("pair cosine features in %.1f s (%.1f s of them on the training sets)",
                 time.perf_counter() - t0, seconds)
     return seconds
-
-
-def token_mode(args: argparse.Namespace) -> str:
-    """How :class:`~multitask_bert.data.TokenizedTask` tokenizes pairs for ``--encoding``.
-
-    >>> token_mode(argparse.Namespace(encoding="separate"))
-    'separate'
-    """
-    return "cross" if args.encoding == "cross" else "separate"

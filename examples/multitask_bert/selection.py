@@ -12,13 +12,20 @@ one encoder per task.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
+from .checkpoint import load_latest, save_checkpoint
+from .config import SELECT_MODES
 from .evaluate import overall_of
 from .model import MultiTaskBert
-from .train_config import SELECT_MODES
+
+logger = logging.getLogger(__name__)
 
 
 def check_per_task(model: MultiTaskBert) -> None:
@@ -103,3 +110,45 @@ def merge_scores(scores: Mapping[str, float], best: Mapping[str, float],
     merged = {t: (scores[t] if t in improved else best[t]) for t in tasks}
     merged["overall"] = overall_of(merged)
     return merged
+
+
+class EpochSelection:
+    """Keeps the best weights over the epochs (``--select overall`` or ``per-task``).
+
+    :meth:`update` is called with each evaluation; the weights it keeps are written to the
+    ``best`` checkpoint (by the main process), and ``state``'s ``best_*`` fields follow them.
+    """
+
+    def __init__(self, mode: str, tasks: Sequence[str]) -> None:
+        if mode not in SELECT_MODES:
+            raise ValueError(f"--select: expected one of {SELECT_MODES}, got {mode!r}")
+        self.mode, self.tasks = mode, list(tasks)
+        self._best_state: dict[str, torch.Tensor] | None = None  # per-task: the merged best
+
+    def update(self, state: Any, scores: dict[str, float], model: nn.Module, path: Path,
+               write: bool) -> list[str]:
+        """Fold one evaluation of ``model`` into the best; the tasks whose weights it took."""
+        best = {**state.best_dev, "overall": state.best_overall}
+        improved = improved_tasks(scores, best, self.tasks, self.mode)
+        if not improved:
+            return []
+        per_task = self.mode == "per-task"
+        weights = merge_best(self._best_state if per_task else None, model.state_dict(),
+                             improved)
+        if per_task:
+            self._best_state = weights
+        dev = merge_scores(scores, state.best_dev, improved, self.tasks) if per_task else scores
+        epoch = state.history[-1]["epoch"]  # the entry of this evaluation
+        state.best_overall, state.best_epoch, state.best_dev = dev["overall"], epoch, dev
+        state.best_epochs.update({t: epoch for t in improved})
+        if write:
+            save_checkpoint(path, weights, {"epoch": epoch, "dev": dev,
+                                            "task_epochs": state.best_epochs})
+            logger.info("new best overall %.4f (weights of %s from epoch %d): saved %s",
+                        dev["overall"], ", ".join(improved), epoch, path)
+        return improved
+
+    def restore(self, state: Any, path: Path) -> None:
+        """After ``--resume``: the experts chosen so far, to merge later improvements into."""
+        if self.mode == "per-task" and state.best_dev:
+            self._best_state = load_latest(path)[0]

@@ -67,3 +67,59 @@ def run_tiny_clip(model: Path, data: Path, out: Path, *extra: str) -> dict:
                      "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
                      "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
                      "--lr", "1e-3", *extra])
+
+
+def pipeline_env() -> dict[str, str]:
+    """The environment of a pipeline subprocess: this checkout's src and examples, one thread,
+    no torchrun variables inherited."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root / "examples")])
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def kill_at_step(argv: list[str], step: int, log: Path, timeout: float = 180.0) -> None:
+    """Run the pipeline with ``argv`` in a subprocess and SIGKILL it as soon as its log shows
+    that optimizer step ``step`` is done (``argv`` needs ``--log-every 1``)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "bert_sst_qqp_sts.py"
+    marker = f"step {step} (epoch"
+    with log.open("w") as f:
+        victim = subprocess.Popen([sys.executable, str(script), *argv], env=pipeline_env(),
+                                  stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    try:
+        while marker not in log.read_text():
+            assert victim.poll() is None, f"exited before step {step}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no step {step} within {timeout:.0f} s"
+            time.sleep(0.002)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL, f"the kill at step {step} came late"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path, atol: float = 0.0) -> None:
+    """The model weights of two checkpoints are equal (to ``atol``), key by key."""
+    import torch
+
+    from multitask_bert.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(a_dir)[0], load_checkpoint(b_dir)[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)

@@ -157,46 +157,37 @@ def test_resume_falls_back_to_previous_and_matches_uninterrupted(
         assert got["dev"] == pytest.approx(want["dev"], abs=1e-6)
 
 
-@pytest.mark.parametrize("loader", ["builtin", "mtlkit"])
-def test_stopped_mid_epoch_resumes_with_the_next_batch(loader: str, tiny_model_dir: Path,
-                                                       data_dir: Path, tmp_path: Path) -> None:
+def test_stopped_mid_epoch_resumes_with_the_next_batch(tiny_model_dir: Path, data_dir: Path,
+                                                       tmp_path: Path) -> None:
     """A run stopped after 4 of 6 steps (its partial epoch evaluated) resumes with step 5,
     to the weights of an unbroken run: the budget is checked before the next batch is
-    drawn, evaluation draws nothing from the global RNG, and ``--loader mtlkit`` keeps
-    MultiTaskLoader's state_dict in the checkpoint."""
-    import mtlkit
-
-    if loader == "mtlkit" and not hasattr(mtlkit, "MultiTaskLoader"):
-        pytest.skip("this mtlkit has no MultiTaskLoader")
-    flags = ["--loader", loader, "--epochs", "2"]
+    drawn, evaluation draws nothing from the global RNG, and the checkpoint keeps
+    MultiTaskLoader's state_dict."""
+    flags = ["--epochs", "2"]
     full = _run(tiny_model_dir, data_dir, tmp_path / "full", *flags)
     _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--max-steps", "4")
     last = tmp_path / "cut" / "checkpoints" / "last"
     state = load_checkpoint(last)[1]
-    if loader == "mtlkit":
-        assert state["mtlkit_loader"]["step"] == 4
-    else:
-        assert {s["pos"] for s in state["streams"].values()} == {4}
+    assert (state["loader"]["epoch"], state["loader"]["step"]) == (0, 4)
     resumed = _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--resume")
     assert resumed["global_steps"] == full["global_steps"] == 12
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last")[0]
     b = load_checkpoint(last)[0]
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
 def test_budget_ending_with_an_epoch_resumes_the_next_epoch(tiny_model_dir: Path,
                                                              data_dir: Path,
                                                              tmp_path: Path) -> None:
-    """--max-steps on an epoch boundary: the epoch counts as complete, and ``--loader
-    mtlkit`` resumes the next epoch with a fresh MultiTaskLoader (no stale loader state)."""
-    import mtlkit
-
-    if not hasattr(mtlkit, "MultiTaskLoader"):
-        pytest.skip("this mtlkit has no MultiTaskLoader")
-    flags = ["--loader", "mtlkit", "--epochs", "2"]
+    """--max-steps on an epoch boundary: the epoch counts as complete, the loader's state is
+    that of the next epoch's start, and the resumed run equals an unbroken one."""
+    flags = ["--epochs", "2"]
+    full = _run(tiny_model_dir, data_dir, tmp_path / "full", *flags)
     m = _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--max-steps", "6")
     assert [h["partial"] for h in m["history"]] == [False]
-    assert "mtlkit_loader" not in load_checkpoint(tmp_path / "cut" / "checkpoints" / "last")[1]
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last")[1]
+    assert (state["loader"]["epoch"], state["loader"]["step"]) == (1, 0)
     resumed = _run(tiny_model_dir, data_dir, tmp_path / "cut", *flags, "--resume")
     assert resumed["global_steps"] == 12 and len(resumed["history"]) == 2
+    assert resumed["history"][-1]["dev"] == full["history"][-1]["dev"]

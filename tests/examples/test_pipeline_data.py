@@ -1,4 +1,5 @@
-"""CSV parsing (every quirk of ../shared/data/README.md), tokenization, batching."""
+"""CSV parsing (every quirk of ../shared/data/README.md) and tokenization (the training
+batches are tested in test_pipeline_batching.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import pytest
 import torch
 from pipeline_helpers import write_rows
 
-from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
 from multitask_bert.data import (
-    TaskSplit,
     TokenCache,
     TokenizedTask,
-    mine_positive_pairs,
     normalize_ptb,
     read_split,
     resolve_path,
@@ -96,19 +94,19 @@ def test_bad_header_and_bad_labels(tmp_path: Path) -> None:
         read_split(tmp_path, "sts", "dev")
     write_rows(tmp_path / "ids-sst-dev.csv", ["", "id", "sentence", "sentiment"],
                [["0", "x", "ok", "7"]])
-    with pytest.raises(ValueError, match=r"ids-sst-dev.csv:2: SST label"):
+    with pytest.raises(ValueError, match=r"ids-sst-dev.csv:2: sentiment: expected a class"):
         read_split(tmp_path, "sst", "dev")
     write_rows(tmp_path / "sts-train.csv", ["", "id", "sentence1", "sentence2", "similarity"],
                [["0", "x", "a", "b", "high"]])
-    with pytest.raises(ValueError, match="not a number"):
+    with pytest.raises(ValueError, match="similarity: expected a score in \\[0, 5\\], got 'high'"):
         read_split(tmp_path, "sts", "train")
 
 
-def test_wrong_field_count_is_skipped_and_counted(tmp_path: Path) -> None:
+def test_wrong_field_count_is_an_error_on_its_line(tmp_path: Path) -> None:
     (tmp_path / "sts-dev.csv").write_text(
         "\tid\tsentence1\tsentence2\tsimilarity\n0\ta\tx\ty\t1.0\n1\tb\tx\t2.0\n")
-    sts = read_split(tmp_path, "sts", "dev")
-    assert len(sts) == 1 and sts.skipped == 1
+    with pytest.raises(ValueError, match=r"sts-dev.csv:3: expected 5 tab-separated fields"):
+        read_split(tmp_path, "sts", "dev")
 
 
 def test_subsample_is_seeded_and_unique(data_dir: Path) -> None:
@@ -170,72 +168,3 @@ def test_token_cache_tokenizes_once(data_dir: Path, tiny_model_dir: Path) -> Non
     for _ in range(3):  # "epochs"
         assert cache.get(sst, "cross") is first
     assert len(calls) == 1
-
-
-def test_length_grouped_sampler() -> None:
-    lengths = [(i * 7) % 23 + 1 for i in range(100)]
-    s = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=True, seed=3, group_batches=4)
-    batches = list(s)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(100)) and len(batches) == len(s) == 13
-    # within a group the batches are length-sorted: padding waste is far below random batching
-    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
-    perm = torch.randperm(100, generator=torch.Generator().manual_seed(0)).tolist()
-    rand = [perm[i:i + 8] for i in range(0, 100, 8)]
-    rand_waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
-                     for b in rand)
-    assert waste < rand_waste / 2
-    assert list(s) == batches  # deterministic for a fixed epoch
-    s.set_epoch(1)
-    assert list(s) != batches
-    s.set_epoch(0, start=5)
-    assert list(s) == batches[5:] and len(s) == 8
-    ev = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=False)
-    firsts = [lengths[b[0]] for b in ev]
-    assert firsts == sorted(firsts, reverse=True)
-
-
-def test_task_stream_resumes_exactly(data_dir: Path, tiny_model_dir: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ds = TokenizedTask(read_split(data_dir, "sts", "train"), tok, "cross", 64)
-    a = TaskStream(make_loader(ds, 5, True, seed=0))
-    seen = [a.next()["index"].tolist() for _ in range(7)]  # crosses a pass boundary (5/pass)
-    assert a.state_dict() == {"passes": 1, "pos": 2}
-    b = TaskStream(make_loader(ds, 5, True, seed=0))
-    b.load_state_dict({"passes": 0, "pos": 3})
-    assert [b.next()["index"].tolist() for _ in range(4)] == seen[3:]
-    # one pass covers every row once
-    assert sorted(i for s in seen[:5] for i in s) == list(range(24))
-
-
-def test_mine_positive_pairs() -> None:
-    sts = TaskSplit("sts", "train", Path("x"), ["a", "b", "c"], ["1", "2", "3"],
-                    ["x", "y", "z"], [4.0, 3.9, 5.0])
-    assert mine_positive_pairs(sts) == [("1", "x"), ("3", "z")]
-    with pytest.raises(ValueError):
-        mine_positive_pairs(TaskSplit("sst", "train", Path("x"), ["a"], ["s"], None, [1]))
-
-
-REAL = Path(os.environ.get("MTLKIT_DATA_DIR", Path(__file__).resolve().parents[3] / "shared"
-                           / "data"))
-
-
-@pytest.mark.skipif(not (REAL / "quora-dev.csv").is_file(), reason=f"real data absent at {REAL}")
-def test_real_files_match_the_readme() -> None:
-    counts = {("sst", "train"): (8544, 0), ("sst", "dev"): (1101, 0), ("sst", "test"): (2210, 0),
-              ("qqp", "train"): (14137, 2), ("qqp", "dev"): (20212, 2),
-              ("sts", "train"): (6040, 0), ("sts", "dev"): (863, 0), ("sts", "test"): (1725, 0)}
-    for (task, split), (n, skipped) in counts.items():
-        sp = read_split(REAL, task, split)
-        assert (len(sp), sp.skipped) == (n, skipped), (task, split)
-        assert len(set(sp.ids)) == n
-        texts = sp.sent1 + (sp.sent2 or [])
-        assert not any(t.startswith('"""') for t in texts)  # quotes were parsed, not kept
-    sst = read_split(REAL, "sst", "train")
-    assert {y: sst.labels.count(y) for y in range(5)} == {0: 1092, 1: 2218, 2: 1624, 3: 2322,
-                                                          4: 1288}
-    qqp = read_split(REAL, "qqp", "train")
-    assert sum(qqp.labels) == 5299
-    assert "9c27e925b9422f792eb526433" not in qqp.ids

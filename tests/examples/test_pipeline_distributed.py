@@ -1,27 +1,28 @@
 """The example under torchrun (2 gloo processes on CPU) and the SIGKILL + ``--resume`` test.
 
 Determinism settings of the multi-process and kill tests: ``--threads 1`` (OMP_NUM_THREADS=1),
-``--deterministic``, the builtin loader, and ``--dropout 0 --encoder-dropout 0`` where one
-process is compared with two (dropout masks are drawn per rank).
+``--deterministic``, and ``--dropout 0 --encoder-dropout 0`` where one process is compared
+with two (dropout masks are drawn per rank). Every multi-process test has a timeout: the
+spawned ones run through ``tests/gloo_ranks.py`` (barrier, teardown, ``os._exit``), torchrun
+and the killed runs through ``subprocess`` with one.
+
+``MTLKIT_SIGKILL_STEPS`` (comma-separated) overrides the steps the SIGKILL test kills at.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import write_cs224n
+from pipeline_helpers import assert_same_weights, kill_at_step, pipeline_env, write_cs224n
 
 import bert_sst_qqp_sts as cli
-from multitask_bert.checkpoint import load_checkpoint
+from gloo_ranks import run_on_ranks
 from multitask_bert.distributed import (
     DistEnv,
     ShardCollate,
@@ -34,13 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "bert_sst_qqp_sts.py"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "examples")])
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
+_env = pipeline_env
 
 
 def _flags(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -57,11 +52,7 @@ def _torchrun(flags: list[str], timeout: float = 120) -> subprocess.CompletedPro
     return proc
 
 
-def _assert_same_weights(a_dir: Path, b_dir: Path, atol: float) -> None:
-    a, b = load_checkpoint(a_dir)[0], load_checkpoint(b_dir)[0]
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+_assert_same_weights = assert_same_weights
 
 
 # ----------------------------------------------------------------------------- sharding math
@@ -105,62 +96,50 @@ def test_scaled_shard_losses_average_to_the_global_batch_gradient(world: int, n:
 # ----------------------------------------------------------------------------- collectives
 
 
-def _collectives_worker(rank: int, world: int, init: str, out: str) -> None:
-    import torch.distributed as dist
-
+def _collectives_body(rank: int, world: int) -> dict:
     from multitask_bert.distributed import all_gather_objects, parameters_agree
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        env = DistEnv(rank=rank, world=world)
-        a = torch.nn.Parameter(torch.zeros(3))
-        b = torch.nn.Parameter(torch.zeros(2, 2))
-        c = torch.nn.Parameter(torch.zeros(1))  # no rank has a gradient
-        a.grad = torch.full((3,), float(rank + 1))
-        b.grad = torch.ones(2, 2) * 4 if rank == 0 else None  # only rank 0 has one
-        average_gradients([a, b, c], env)
-        m = torch.nn.Linear(2, 2)
-        with torch.no_grad():
-            m.weight.fill_(1.0)
-            m.bias.fill_(float(rank))
-        result = {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": c.grad,
-                  "gathered": all_gather_objects(("rank", rank), env),
-                  "agree_differ": parameters_agree(m, env)}
-        with torch.no_grad():
-            m.bias.fill_(0.0)
-        result["agree_same"] = parameters_agree(m, env)
-        # SimCSE under the pipeline's wiring: equal shards, gather across ranks, averaged
-        # gradients == one process on the whole batch
-        from mtlkit import SimCSELoss
+    env = DistEnv(rank=rank, world=world)
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(2, 2))
+    c = torch.nn.Parameter(torch.zeros(1))  # no rank has a gradient
+    a.grad = torch.full((3,), float(rank + 1))
+    b.grad = torch.ones(2, 2) * 4 if rank == 0 else None  # only rank 0 has one
+    average_gradients([a, b, c], env)
+    m = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+        m.bias.fill_(float(rank))
+    result = {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": c.grad,
+              "gathered": all_gather_objects(("rank", rank), env),
+              "agree_differ": parameters_agree(m, env)}
+    with torch.no_grad():
+        m.bias.fill_(0.0)
+    result["agree_same"] = parameters_agree(m, env)
+    # SimCSE under the pipeline's wiring: equal shards, gather across ranks, averaged
+    # gradients == one process on the whole batch
+    from mtlkit import SimCSELoss
 
-        torch.manual_seed(0)
-        enc = torch.nn.Linear(6, 4)
-        x1, x2 = torch.randn(9, 6), torch.randn(9, 6)
-        SimCSELoss(temperature=0.5)(enc(x1[:8]), enc(x2[:8])).backward()  # 9 % 2 dropped
-        want = [p.grad.clone() for p in enc.parameters()]
-        enc.zero_grad()
-        batch = ShardCollate(lambda rows: {"a": x1[rows], "b": x2[rows]}, env,
-                             equal=True)(list(range(9)))
-        assert pop_loss_scale(batch, env) == 1.0
-        SimCSELoss(temperature=0.5, gather_across_ranks=True)(enc(batch["a"]),
-                                                              enc(batch["b"])).backward()
-        average_gradients(list(enc.parameters()), env)
-        result["simcse_max_err"] = max(float((p.grad - w).abs().max())
-                                       for p, w in zip(enc.parameters(), want, strict=True))
-        if rank == 0:
-            Path(out).write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(6, 4)
+    x1, x2 = torch.randn(9, 6), torch.randn(9, 6)
+    SimCSELoss(temperature=0.5)(enc(x1[:8]), enc(x2[:8])).backward()  # 9 % 2 dropped
+    want = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    batch = ShardCollate(lambda rows: {"a": x1[rows], "b": x2[rows]}, env,
+                         equal=True)(list(range(9)))
+    assert pop_loss_scale(batch, env) == 1.0
+    SimCSELoss(temperature=0.5, gather_across_ranks=True)(enc(batch["a"]),
+                                                          enc(batch["b"])).backward()
+    average_gradients(list(enc.parameters()), env)
+    result["simcse_max_err"] = max(float((p.grad - w).abs().max())
+                                   for p, w in zip(enc.parameters(), want, strict=True))
+    return result
 
 
 @pytest.mark.slow
 def test_average_gradients_and_gathers_on_two_processes(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    init = f"file://{tmp_path / 'store'}"
-    out = tmp_path / "result.json"
-    mp.spawn(_collectives_worker, args=(2, init, str(out)), nprocs=2, join=True)
-    r = json.loads(out.read_text())
+    r = run_on_ranks(_collectives_body, tmp_path, timeout=180)[0]
     assert r["a"] == [1.5, 1.5, 1.5]
     assert r["b"] == [[2.0, 2.0], [2.0, 2.0]]  # a missing gradient counts as zeros
     assert r["c"] is None  # no rank had one: stays None (AdamW skips it, as in one process)
@@ -203,26 +182,19 @@ def test_torchrun_two_processes_equal_one_process(tiny_model_dir: Path, data_dir
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
-    ["--preset", "ce-interleaved-surgery", "--smart-weight", "1", "--loader", "mtlkit",
-     "--contrastive", "--contrastive-unsup-steps", "3", "--contrastive-sup-steps", "3",
+    ["--preset", "ce-interleaved-surgery", "--smart-weight", "1", "--contrastive",
+     "--contrastive-unsup-steps", "3", "--contrastive-sup-steps", "3",
      "--contrastive-batch-size", "5"],
     ["--preset", "ce-mixture-lora-clip", "--lora-r", "4"],
     ["--preset", "ce-interleaved-clip", "--pair-swap", "--symmetric-eval", "--ema", "0.9",
      "--layer-lr-decay", "0.9", "--task-batch-sizes", "sts=6"],
-], ids=["surgery-smart-simcse-mtlkit-loader", "lora-mixture", "recipe-flags"])
+], ids=["surgery-smart-simcse", "lora-mixture", "recipe-flags"])
 def test_torchrun_every_ingredient(flags: list[str], tiny_model_dir: Path, data_dir: Path,
                                    tmp_path: Path) -> None:
-    """PCGrad + SMART + both SimCSE stages (batches of 5: 2 rows per rank, one dropped) +
-    MultiTaskLoader (a DistributedSampler per task), the LoRA mixture, and the best
-    recipe's flags (pair orders, weight average, layer-wise rates, a per-task batch size),
-    under 2 ranks:
-    they complete, and the pipeline's own check that every rank ends with the same
-    parameters passes (it raises otherwise)."""
-    import mtlkit
-
-    if not all(hasattr(mtlkit, n) for n in ("LoRAMoE", "PCGrad", "SmartLoss", "SimCSELoss",
-                                            "MultiTaskLoader")):
-        pytest.skip("this mtlkit lacks a primitive")
+    """PCGrad + SMART + both SimCSE stages (batches of 5: 2 rows per rank, one dropped), the
+    LoRA mixture, and the best recipe's flags (pair orders, weight average, layer-wise rates,
+    a per-task batch size), under 2 ranks: they complete, and the pipeline's own check that
+    every rank ends with the same parameters passes (it raises otherwise)."""
     out = tmp_path / "out"
     _torchrun(_flags(tiny_model_dir, data_dir, out, *flags, "--batch-size", "4", "--epochs",
                      "2", "--max-steps", "8"))
@@ -233,34 +205,40 @@ def test_torchrun_every_ingredient(flags: list[str], tiny_model_dir: Path, data_
 
 # ----------------------------------------------------------------------------- SIGKILL
 
+# 2 epochs of 16 steps, a checkpoint every 5: step 16 ends epoch 1 (killed during its
+# evaluation and save), step 6 is the first after a checkpoint, step 27 is mid-epoch 2
+KILL_STEPS = [int(s) for s in os.environ.get("MTLKIT_SIGKILL_STEPS", "6,16,27").split(",")]
+_KILL_FLAGS = ["--preset", "ce-interleaved-clip", "--batch-size", "4", "--lr", "1e-3",
+               "--epochs", "2", "--checkpoint-every", "5", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[Path, Path]:
+    """(data, output) of the run the killed runs must end equal to, in a subprocess too."""
+    root = tmp_path_factory.mktemp("sigkill")
+    data = write_cs224n(root / "data", n_train=64, n_dev=12)
+    ref = subprocess.run([sys.executable, str(SCRIPT),
+                          *_flags(tiny_model_dir, data, root / "ref", *_KILL_FLAGS)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return data, root / "ref"
+
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tiny_model_dir: Path,
-                                                                   tmp_path: Path) -> None:
-    data = write_cs224n(tmp_path / "data", n_train=64, n_dev=12)
-    extra = ["--preset", "ce-interleaved-clip", "--batch-size", "4", "--lr", "1e-3",
-             "--epochs", "2", "--checkpoint-every", "1", "--log-every", "1"]
-    cmd = [sys.executable, str(SCRIPT)]
-    ref_out, cut_out = tmp_path / "ref", tmp_path / "cut"
-    ref = subprocess.Popen([*cmd, *_flags(tiny_model_dir, data, ref_out, *extra)],
-                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_at = random.Random(os.urandom(8)).randint(3, 26)  # 2 epochs of 16 steps
-    log = tmp_path / "cut.log"
-    with log.open("w") as f:
-        victim = subprocess.Popen([*cmd, *_flags(tiny_model_dir, data, cut_out, *extra)],
-                                  env=_env(), stdout=f, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while f"step {kill_at} " not in log.read_text():
-        assert victim.poll() is None, f"exited before step {kill_at}: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.002)
-    os.kill(victim.pid, signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL, f"kill at step {kill_at} came too late"
+@pytest.mark.parametrize("kill_at", KILL_STEPS)
+def test_sigkill_then_resume_equals_uninterrupted(kill_at: int, tiny_model_dir: Path,
+                                                  uninterrupted: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    data, ref_out = uninterrupted
+    cut_out = tmp_path / "cut"
+    kill_at_step(_flags(tiny_model_dir, data, cut_out, *_KILL_FLAGS), kill_at,
+                 tmp_path / "cut.log")
     assert "metrics.json" not in os.listdir(cut_out)
-    resumed = subprocess.run([*cmd, *_flags(tiny_model_dir, data, cut_out, *extra, "--resume")],
-                             env=_env(), capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([sys.executable, str(SCRIPT),
+                              *_flags(tiny_model_dir, data, cut_out, *_KILL_FLAGS, "--resume")],
+                             env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert ref.wait(timeout=120) == 0
     a = json.loads((ref_out / "metrics.json").read_text())
     b = json.loads((cut_out / "metrics.json").read_text())
     msg = f"killed at step {kill_at}"

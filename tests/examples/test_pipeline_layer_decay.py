@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
 import bert_sst_qqp_sts as cli
+from multitask_bert.config import RunConfig
 from multitask_bert.layer_decay import layerwise_param_groups
 from multitask_bert.model import MultiTaskBert
+from multitask_bert.precision import Precision
 from multitask_bert.train import Trainer
-from multitask_bert.train_config import TrainConfig
 
 
 def _model(layers: int) -> MultiTaskBert:
@@ -64,15 +65,16 @@ def test_trainer_uses_the_groups_and_the_schedule_scales_each(data_dir: Path,
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = _model(2)
     sets = {"sst": TokenizedTask(read_split(data_dir, "sst", "train"), tok, "cross", 32)}
-    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, layer_lr_decay=0.5,
-                      lr_schedule="linear", progress=False)
-    trainer = Trainer(cfg, model, sets, lambda m: {}, torch.device("cpu"), Path("unused"))
+    cfg = RunConfig(tasks=("sst",), epochs=1, batch_size=4, lr=1e-3, layer_lr_decay=0.5,
+                    lr_schedule="linear", progress=False)
+    trainer = Trainer(cfg, model, sets, lambda m: {}, torch.device("cpu"), Path("unused"),
+                      Precision("fp32", "test"))
     lrs = [g["lr"] for g in trainer.base_opt.param_groups]
     assert lrs == pytest.approx([1e-3 / 8, 1e-3 / 4, 1e-3 / 2, 1e-3])
     trainer.base_opt.step()  # no gradients yet: moves nothing
     trainer.sched.step()  # the linear decay multiplies every group's own rate
     frac = trainer.base_opt.param_groups[-1]["lr"] / 1e-3
-    assert 0 < frac < 1
+    assert frac == pytest.approx(1 - 1 / 6)  # 24 rows in batches of 4: 6 steps in all
     assert [g["lr"] for g in trainer.base_opt.param_groups] == pytest.approx(
         [x * frac for x in lrs])
 
@@ -87,4 +89,4 @@ def test_flag_end_to_end_and_validation(tiny_model_dir: Path, data_dir: Path, tm
     assert m["global_steps"] == 6 and 0.0 <= m["best_dev"]["sst"] <= 1.0
     with pytest.raises(SystemExit):
         cli.parse_args(["--data-dir", str(data_dir), "--layer-lr-decay", "1.5"])
-    assert "--layer-lr-decay must be in (0, 1]" in capsys.readouterr().err
+    assert "--layer-lr-decay: expected a factor in (0, 1], got 1.5" in capsys.readouterr().err

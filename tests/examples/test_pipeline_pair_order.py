@@ -1,5 +1,5 @@
-"""Both orders of a pair: tokenization, random order in training batches (``--pair-swap``),
-averaged predictions (``--symmetric-eval``), and the flags end to end."""
+"""Both orders of a pair: tokenization, averaged predictions (``--symmetric-eval``), and the
+flags end to end (the random order of training pairs is tested in test_pipeline_batching.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from pipeline_helpers import run_tiny_clip
 
 import bert_sst_qqp_sts as cli
-from multitask_bert.batching import LengthGroupedBatchSampler, TaskStream, make_loader
 from multitask_bert.data import TokenCache, TokenizedTask, read_split
 from multitask_bert.evaluate import predict_split
 from multitask_bert.model import MultiTaskBert, predict
@@ -49,47 +46,6 @@ def test_cache_asks_for_both_orders_only_where_they_exist(data_dir: Path, tok) -
     both = cache.get(sts, "cross", both_orders=True)
     assert both.has_both_orders and cache.get(sts, "cross", True) is both
     assert not cache.get(sts, "cross").has_both_orders  # a separate entry
-
-
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 60), bs=st.integers(1, 9), seed=st.integers(0, 5),
-       epoch=st.integers(0, 3))
-def test_swapped_sampler_keeps_the_rows_and_order(n: int, bs: int, seed: int,
-                                                  epoch: int) -> None:
-    lengths = [(i * 5) % 11 + 1 for i in range(n)]
-    plain = LengthGroupedBatchSampler(lengths, bs, True, seed, group_batches=3)
-    swapped = LengthGroupedBatchSampler(lengths, bs, True, seed, group_batches=3,
-                                        swap_pairs=True)
-    plain.set_epoch(epoch)
-    swapped.set_epoch(epoch)
-    a, b = list(plain), list(swapped)
-    # the same rows in the same batches; each either as itself or as its swapped twin
-    assert [[i % n for i in batch] for batch in b] == a
-    assert all(0 <= i < 2 * n for batch in b for i in batch)
-    assert list(swapped) == b  # deterministic for a fixed (seed, epoch)
-
-
-def test_swapped_sampler_flips_about_half_and_redraws_each_pass() -> None:
-    n = 2000
-    s = LengthGroupedBatchSampler([3] * n, 16, True, seed=1, swap_pairs=True)
-    first = sorted(i for b in s for i in b)
-    flipped = sum(i >= n for i in first)
-    assert 900 < flipped < 1100  # 1000 +- 4.5 sigma
-    s.set_epoch(1)
-    second = {i for b in s for i in b}
-    assert second != set(first)
-    with pytest.raises(ValueError, match="swap_pairs is for training"):
-        LengthGroupedBatchSampler([1, 2], 2, shuffle=False, swap_pairs=True)
-
-
-def test_stream_with_swaps_resumes_exactly(data_dir: Path, tok) -> None:
-    ds = TokenizedTask(read_split(data_dir, "sts", "train"), tok, "cross", 64, both_orders=True)
-    a = TaskStream(make_loader(ds, 5, True, seed=0, swap_pairs=True))
-    seen = [a.next()["input_ids"] for _ in range(7)]
-    b = TaskStream(make_loader(ds, 5, True, seed=0, swap_pairs=True))
-    b.load_state_dict({"passes": 0, "pos": 3})
-    for got, want in zip([b.next()["input_ids"] for _ in range(4)], seen[3:], strict=True):
-        assert torch.equal(got, want)
 
 
 def _tiny_model(tiny_model_dir: Path) -> MultiTaskBert:
@@ -144,4 +100,4 @@ def test_pair_flags_need_cross_encoding(flag: str, data_dir: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.parse_args(["--data-dir", str(data_dir), "--preset", "baseline", flag])
-    assert "need --encoding cross" in capsys.readouterr().err
+    assert f"{flag}: needs --encoding cross" in capsys.readouterr().err
