@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from mtlkit import MultiTaskLoader
-from multitask_bert.data import read_split  # the CS224N CSV reader of the full pipeline
+from multitask_bert.csv_data import read_split  # the CS224N CSV reader of the full pipeline
 from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy, offline
 
 logger = logging.getLogger("multitask_interleaved")
