@@ -66,7 +66,8 @@ def main() -> None:
                          collate_fn=Collate(tokenizer, t)) for t in TASKS}
     smart = {t: SmartLoss(kind=kind) for t, kind in SMART_KIND.items()}
     # The weighting combines the task gradients of the shared encoder (mtlkit.PCGrad is this
-    # with weighting.PCGrad); each head keeps its own task's plain gradient.
+    # with weighting.PCGrad; any other mtlkit.weighting.Weighting can take its place); each
+    # head keeps its own task's plain gradient.
     optimizer = MultiTaskOptimizer(
         torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
                           fused=True),
