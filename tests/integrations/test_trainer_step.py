@@ -20,12 +20,14 @@ from transformers import get_linear_schedule_with_warmup
 
 import mtlkit
 from mtlkit.integrations.transformers import MultiTaskTrainer
+from mtlkit.weighting import LossWeighting
 
 SIZES = {"sst": 16, "qqp": 12, "sts": 8}
 
 
 def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=False,
-              mode="interleaved", accumulation=1, batch_size=4, **loader_kwargs):
+              mode="interleaved", accumulation=1, batch_size=4, loss_weighting=None,
+              **loader_kwargs):
     """The loop a user would write: forward each task, sum (or PCGrad), clip, step, schedule.
 
     Each epoch's micro-batches are cut into groups of ``accumulation`` (the last group of an
@@ -36,7 +38,10 @@ def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=Fals
     # the order of the parameters sets the order of PCGrad's sums, hence the last bits
     plain = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
     decayed = [p for p in params if all(p is not q for q in plain)]
-    opt = torch.optim.AdamW([{"params": decayed}, {"params": plain}], lr=lr, weight_decay=0.0)
+    groups = [{"params": decayed}, {"params": plain}]
+    if loss_weighting is not None:
+        groups.append({"params": list(loss_weighting.parameters())})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(opt, 0, steps)
     wrapped = mtlkit.PCGrad(opt, seed=seed) if surgery else opt
     loader = reference_loader(datasets, batch_size, seed=seed, mode=mode, **loader_kwargs)
@@ -51,6 +56,9 @@ def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=Fals
                 losses = {t: model(task=t, **b).loss / len(group) for t, b in batches.items()}
                 if surgery:
                     wrapped.backward(losses)
+                elif loss_weighting is not None:
+                    loss_weighting(torch.stack(list(losses.values())) * len(group)).div(
+                        len(group)).backward()
                 else:
                     sum(losses.values()).backward()
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -100,3 +108,30 @@ def test_logged_task_losses_are_the_hand_loop_losses(tmp_path):
     for task, value in expected.items():
         assert first[f"loss_{task}"] == pytest.approx(value, rel=1e-6)
     assert first["loss"] == pytest.approx(sum(expected.values()), rel=1e-6)
+
+
+class LearnedScales(LossWeighting):
+    """Kendall-style uncertainty weighting, written out: exp(-s_t) L_t + s_t."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, losses):
+        return (torch.exp(-self.log_vars) * losses + self.log_vars).sum()
+
+
+def test_loss_weighting_equals_hand_written_loop(tmp_path):
+    datasets = make_datasets(SIZES)
+    torch.manual_seed(0)
+    model = TinyMultiTask()
+    reference = copy_model(model)
+    weighting, reference_weighting = LearnedScales(3), LearnedScales(3)
+    args = training_args(tmp_path, max_steps=5, gradient_accumulation_steps=2)
+    trainer = quiet(MultiTaskTrainer(model, args, train_dataset=datasets, data_collator=pad_collate,
+                                     weighting=weighting))
+    trainer.train()
+    hand_loop(reference, datasets, 5, accumulation=2, loss_weighting=reference_weighting)
+    assert max_difference(model, reference) == 0.0
+    assert torch.equal(weighting.log_vars, reference_weighting.log_vars)
+    assert float(weighting.log_vars.detach().abs().max()) > 0

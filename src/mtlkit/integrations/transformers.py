@@ -210,6 +210,7 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         self._eval_task: str | None = None
         self._train_log = TrainLog(self._tasks)
         self._checked_sharing = False
+        self._starts_step = True
 
     # ------------------------------------------------------------------ what users override
     def compute_task_loss(self, model: nn.Module, task: str, batch: Mapping[str, Any]) -> Tensor:
@@ -305,6 +306,9 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         batches = self._prepare_inputs(as_task_batches(inputs))
         model.train()
         scale = 1.0 / self.current_gradient_accumulation_steps
+        if self._starts_step and isinstance(self._weighting, LossWeighting):
+            self._weighting.zero_grad(set_to_none=True)  # the Trainer zeroes the model's only
+        self._starts_step = self.accelerator.sync_gradients
         if self._surgery is None:
             with self.compute_loss_context_manager():
                 losses = self._step_losses(model, batches)
