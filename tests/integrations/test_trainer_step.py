@@ -28,7 +28,8 @@ SIZES = {"sst": 16, "qqp": 12, "sts": 8}
 def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=False,
               mode="interleaved", accumulation=1, batch_size=4, loss_weighting=None,
               **loader_kwargs):
-    """The loop a user would write: forward each task, sum (or PCGrad), clip, step, schedule.
+    """The loop a user would write: each task's forward and backward (or PCGrad), clip, step,
+    schedule.
 
     Each epoch's micro-batches are cut into groups of ``accumulation`` (the last group of an
     epoch may be shorter), and every loss is divided by its group's size.
@@ -59,8 +60,9 @@ def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=Fals
                 elif loss_weighting is not None:
                     loss_weighting(torch.stack(list(losses.values())) * len(group)).div(
                         len(group)).backward()
-                else:
-                    sum(losses.values()).backward()
+                else:  # one task's backward after another (the trainer's order of sums)
+                    for loss in losses.values():
+                        loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip)
             wrapped.step()
             schedule.step()

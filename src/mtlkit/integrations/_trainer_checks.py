@@ -167,7 +167,7 @@ def check_combination(
         )
 
 
-def check_trainer_args(args: Any, weighting: Any, distributed_kind: Callable[[], str]) -> None:
+def check_trainer_args(args: Any, distributed_kind: Callable[[], str]) -> None:
     """TrainingArguments this trainer cannot honour."""
     if getattr(args, "auto_find_batch_size", False):
         raise ValueError(
@@ -175,8 +175,9 @@ def check_trainer_args(args: Any, weighting: Any, distributed_kind: Callable[[],
             "True); set per_device_train_batch_size or batch_sizes"
         )
     kind = distributed_kind()
-    if weighting is not None and not isinstance(weighting, LossWeighting) and kind:
+    if kind:
         raise ValueError(
-            f"weighting: gradient weighting needs each task's full gradient on every rank, which "
-            f"{kind} shards: expected plain data parallelism (DDP), got {kind}"
+            f"args: MultiTaskTrainer runs one forward and backward per task and averages the "
+            f"gradients (or combines the task gradients) itself once per step, which {kind} "
+            f"does not allow: expected one process or plain data parallelism (DDP), got {kind}"
         )

@@ -198,7 +198,7 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         self._weighting = resolve_weighting(weighting)
         check_combination(self._weighting, self._tasks, sampling, self.args.gradient_accumulation_steps,
                           per_sample_routing, self._smart)
-        check_trainer_args(self.args, self._weighting, self._sharded_kind)
+        check_trainer_args(self.args, self._sharded_kind)
         if isinstance(self._weighting, LossWeighting):
             self._weighting.to(self.args.device)
         self._shared_params = None if shared_params is None else list(shared_params)
@@ -301,30 +301,67 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
     # ------------------------------------------------------------------ training step
     def training_step(self, model: nn.Module, inputs: Any,
                       num_items_in_batch: Any = None) -> Tensor:
-        """Forward every task of the step, backpropagate the combination; the summed (or
-        weighted) loss, scaled for accumulation, is returned for the Trainer's log."""
+        """Forward and backpropagate every task of one micro-batch; on the last micro-batch of
+        an optimizer step, combine (weighting) or average (processes) the gradients.
+
+        Returns the summed (or weighted) loss, scaled for accumulation, for the Trainer's log.
+        """
         batches = self._prepare_inputs(as_task_batches(inputs))
         model.train()
         scale = 1.0 / self.current_gradient_accumulation_steps
+        last = self.accelerator.sync_gradients  # the Trainer's "last micro-batch of the step"
         if self._starts_step and isinstance(self._weighting, LossWeighting):
             self._weighting.zero_grad(set_to_none=True)  # the Trainer zeroes the model's only
-        self._starts_step = self.accelerator.sync_gradients
-        if self._surgery is None:
-            with self.compute_loss_context_manager():
-                losses = self._step_losses(model, batches)
-                if isinstance(self._weighting, LossWeighting):
-                    total = self._weighting(stack_losses(losses, list(losses)))
-                else:
-                    total = torch.stack([v.float() for v in losses.values()]).sum()
-            self.accelerator.backward(total * scale)
-        else:
-            with self.accelerator.no_sync(model):  # the weighting's own sync replaces DDP's
-                losses = self._surgery_backward(model, batches, scale)
-            if self.accelerator.sync_gradients:
-                self._record_surgery(self._surgery.combine())
-            total = torch.stack([v.detach().float() for v in losses.values()]).sum()
+        self._starts_step = last
+        # DDP's reducer expects one forward per backward; a step has one per task, so DDP never
+        # syncs here and the gradients are averaged once per optimizer step below instead
+        with self.accelerator.no_sync(model):
+            losses, total = self._backward(model, batches, scale)
+        if last:
+            self._synchronize()
         self._train_log.add("loss", losses)
-        return (total.detach() * scale).to(self.args.device)
+        return (total * scale).to(self.args.device)
+
+    def _backward(self, model: nn.Module, batches: dict[str, Any],
+                  scale: float) -> tuple[dict[str, Tensor], Tensor]:
+        loss_weighting = isinstance(self._weighting, LossWeighting)
+        if not (self._per_sample_routing or loss_weighting):
+            losses = {}
+            for task, batch in batches.items():  # backward after each forward: less memory
+                with self.compute_loss_context_manager():
+                    loss = self._task_loss(model, task, batch)
+                self._backward_task(task, loss * scale)
+                losses[task] = loss.detach()
+            return losses, _sum(losses)
+        with self.compute_loss_context_manager():
+            losses = self._step_losses(model, batches)
+            total = self._weighting(stack_losses(losses, list(losses))) if loss_weighting else None
+        detached = {t: v.detach() for t, v in losses.items()}
+        if total is None and self._surgery is None:
+            total = _sum(losses)  # one backward through the shared graph of the routed forward
+        if total is not None:
+            self.accelerator.backward(total * scale)
+            return detached, total.detach()
+        items = list(losses.items())
+        for i, (task, loss) in enumerate(items):
+            self._backward_task(task, loss * scale, retain_graph=i < len(items) - 1)
+        return detached, _sum(detached)
+
+    def _backward_task(self, task: str, loss: Tensor, retain_graph: bool = False) -> None:
+        if self._surgery is None:
+            self.accelerator.backward(loss, retain_graph=retain_graph)
+            return
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            loss = scaler.scale(loss)
+        self._surgery.task_backward(task, loss, retain_graph=retain_graph)
+
+    def _synchronize(self) -> None:
+        if self._surgery is not None:
+            self._record_surgery(self._surgery.combine())  # syncs the ranks itself
+        elif self.args.world_size > 1:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            mtlkit.average_gradients([p for p in params if p.requires_grad])
 
     def _step_losses(self, model: nn.Module, batches: dict[str, Any]) -> dict[str, Tensor]:
         if self._per_sample_routing:
@@ -355,30 +392,6 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
             config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
             pad = getattr(config, "pad_token_id", None)
         return {"input_ids": int(pad or 0)}
-
-    def _surgery_backward(self, model: nn.Module, batches: dict[str, Any],
-                          scale: float) -> dict[str, Tensor]:
-        scaler = getattr(self.accelerator, "scaler", None)
-
-        def backward(task: str, loss: Tensor, retain: bool = False) -> None:
-            scaled = loss * scale
-            if scaler is not None:
-                scaled = scaler.scale(scaled)
-            self._surgery.task_backward(task, scaled, retain_graph=retain)
-
-        if self._per_sample_routing:
-            with self.compute_loss_context_manager():
-                losses = self._routed_losses(model, batches)
-            for i, (task, loss) in enumerate(losses.items()):
-                backward(task, loss, retain=i < len(losses) - 1)
-            return {t: v.detach() for t, v in losses.items()}
-        losses = {}
-        for task, batch in batches.items():  # backward right after each forward: less memory
-            with self.compute_loss_context_manager():
-                loss = self._task_loss(model, task, batch)
-            backward(task, loss)
-            losses[task] = loss.detach()
-        return losses
 
     def _record_surgery(self, stats: Any) -> None:
         cosine = stats.cosine
@@ -448,6 +461,10 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         if self.is_fsdp_enabled:
             return "FSDP"
         return ""
+
+
+def _sum(losses: Mapping[str, Tensor]) -> Tensor:
+    return torch.stack([v.float() for v in losses.values()]).sum()
 
 
 def _wrap_optimizer(optimizer: torch.optim.Optimizer, weighting: Weighting,
