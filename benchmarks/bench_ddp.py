@@ -98,7 +98,7 @@ def sizes() -> dict[str, int]:
 
 
 def computed_bytes(method: str, world: int) -> int:
-    from mtlkit._surgery_sync import bytes_per_step
+    from mtlkit.surgery._collectives import bytes_per_step
 
     if world == 1:
         return 0

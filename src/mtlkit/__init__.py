@@ -19,7 +19,7 @@ from mtlkit.contrastive import (
 from mtlkit.loader import MultiTaskLoader
 from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
 from mtlkit.smart import SmartLoss
-from mtlkit.surgery import PCGrad, SurgeryStats, pcgrad_weights
+from mtlkit.surgery import MultiTaskOptimizer, PCGrad, SurgeryStats, pcgrad_weights
 
 __all__ = [
     "BregmanProximal",
@@ -27,6 +27,7 @@ __all__ = [
     "LoRAMoE",
     "LoRAMoEConfig",
     "MultiTaskLoader",
+    "MultiTaskOptimizer",
     "PCGrad",
     "ParameterCounts",
     "SimCSELoss",

@@ -81,6 +81,9 @@ class PCGrad(Weighting):
         tensor([0.5000, 1.5000], dtype=torch.float64)
     """
 
+    on_host = True
+    """The visiting loop runs on the host: the optimizer hands it the host copy of the Gramian."""
+
     def __init__(self, seed: int | None = None) -> None:
         self.generator = torch.Generator()
         if seed is None:

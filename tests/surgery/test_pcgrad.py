@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mtlkit import PCGrad, pcgrad_weights
-from mtlkit._autograd_graph import graphs_needing_retention
+from mtlkit.surgery._graph import graphs_needing_retention
 
 # ---------------------------------------------------------------- naive references
 
@@ -287,24 +287,39 @@ def test_unreached_parameter_keeps_no_gradient():
 def test_zero_norm_gradients_never_give_nan():
     theta = torch.zeros(3, requires_grad=True)
     other = torch.zeros(2, requires_grad=True)
+    real, opposite = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 1.0, 0.0])
     losses = {
         "zero": (theta * 0).sum(),  # reaches theta with a zero gradient
         "constant": torch.tensor(0.0),  # reaches nothing at all
-        "real": (theta * torch.tensor([1.0, -2.0, 0.5])).sum() + other.sum(),
-        "opposite": (theta * torch.tensor([-1.0, 1.0, 0.0])).sum(),
+        "real": (theta * real).sum() + other.sum(),
+        "opposite": (theta * opposite).sum(),
     }
     opt = PCGrad(torch.optim.SGD([theta, other], lr=1.0), shared_params=[theta], seed=0)
     stats = opt.backward(losses)
-    assert torch.isfinite(theta.grad).all() and torch.isfinite(stats.cosine).all()
-    assert stats.cosine[0, 2] == 0
+    assert torch.isfinite(stats.cosine).all()
+    assert stats.cosine[0, 2] == 0 and stats.num_conflicts == 1
+    # the zero gradients are never projected on, whatever the order: only the one conflict acts
+    expected = project(real, opposite) + project(opposite, real)
+    torch.testing.assert_close(theta.grad, expected)
+    torch.testing.assert_close(theta.grad, torch.tensor([-0.5 - 3 / 7, -0.5 - 1 / 7, 0.5 + 2 / 7]))
     torch.testing.assert_close(other.grad, torch.ones(2))
 
 
-def test_non_finite_loss_names_the_task():
+def test_non_finite_loss_poisons_the_gradient_and_step_raises_naming_the_task():
+    # A non-finite loss no longer raises in backward (a GradScaler must be able to skip the
+    # step): every managed gradient becomes NaN and a direct step() raises, naming the task.
     theta = torch.zeros(2, requires_grad=True)
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0))
-    with pytest.raises(ValueError, match=r"'qqp'.*not finite"):
-        opt.backward({"sst": theta.sum(), "qqp": theta.sum() * float("nan")})
+    stats = opt.backward({"sst": theta.sum(), "qqp": theta.sum() * float("nan")})
+    assert not stats.finite and stats.nonfinite == ("qqp",)
+    assert torch.isnan(theta.grad).all()
+    with pytest.raises(ValueError, match=r"losses\['qqp'\]: expected a finite loss"):
+        opt.step()
+    assert torch.equal(theta.detach(), torch.zeros(2))  # nothing was applied
+    opt.zero_grad()  # forgets the failed step
+    opt.backward({"sst": theta.sum(), "qqp": 2 * theta.sum()})
+    opt.step()
+    assert torch.equal(theta.detach(), torch.full((2,), -3.0))
 
 
 def test_non_finite_gradient_skips_surgery_and_leaves_the_overflow():
@@ -312,8 +327,9 @@ def test_non_finite_gradient_skips_surgery_and_leaves_the_overflow():
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0), seed=0)
     overflowing = torch.sqrt(theta - theta.detach()).sum()  # finite loss (0), infinite gradient
     stats = opt.backward([overflowing, (theta * torch.tensor([-1.0, 1.0])).sum()])
-    assert not stats.finite
-    assert not torch.isfinite(theta.grad).all()
+    assert not stats.finite and stats.nonfinite == ("0",)
+    # the plain sum, overflow included: [inf, inf] + [-1, 1]
+    assert torch.equal(theta.grad, torch.tensor([float("inf"), float("inf")]))
 
 
 # ---------------------------------------------------------------- optimizer plumbing
@@ -347,25 +363,37 @@ def test_add_param_group_is_managed():
     torch.manual_seed(0)
     model = TwoHeads()
     opt = PCGrad(torch.optim.SGD(model.body.parameters(), lr=0.1), seed=0)
-    opt.add_param_group(
-        {
-            "params": [
-                *model.head_a.parameters(),
-                *model.head_b.parameters(),
-                *model.only_a.parameters(),
-            ],
-            "lr": 0.2,
-        }
-    )
-    opt.backward(model.losses(*make_batch()))
-    assert all(p.grad is not None for p in model.head_b.parameters())
+    head_params = [
+        *model.head_a.parameters(),
+        *model.head_b.parameters(),
+        *model.only_a.parameters(),
+    ]
+    opt.add_param_group({"params": head_params, "lr": 0.2})
+    losses = model.losses(*make_batch())
+    body = list(model.body.parameters())
+    ga, gb = (torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[k], body,
+                                                                     retain_graph=True)])
+              for k in ("a", "b"))
+    ref_heads = [sum(g for g in (torch.autograd.grad(lo, p, retain_graph=True,
+                                                      allow_unused=True)[0]
+                                 for lo in losses.values()) if g is not None)
+                 for p in head_params]
+    before = [p.detach().clone() for p in [*body, *head_params]]
+    opt.backward(losses)
     assert opt._auto_shared == {id(p) for p in model.body.parameters()}
+    torch.testing.assert_close(flat_grad(body), project(ga, gb) + project(gb, ga))
+    for p, want in zip(head_params, ref_heads, strict=True):
+        torch.testing.assert_close(p.grad, want)
+    grads = [p.grad.clone() for p in [*body, *head_params]]
+    opt.step()
+    lrs = [0.1] * len(body) + [0.2] * len(head_params)
+    for p, b, g, lr in zip([*body, *head_params], before, grads, lrs, strict=True):
+        torch.testing.assert_close(p.detach(), b - lr * g)
 
 
-def test_lr_schedulers_accept_it():
-    transformers = pytest.importorskip("transformers")
-    theta = torch.zeros(2, requires_grad=True)
-    opt = PCGrad(torch.optim.AdamW([theta], lr=1.0))
+def run_with_schedulers(opt, theta, backward):
+    import transformers
+
     sched = transformers.get_linear_schedule_with_warmup(
         opt, num_warmup_steps=2, num_training_steps=4
     )
@@ -373,12 +401,32 @@ def test_lr_schedulers_accept_it():
     lrs = []
     for _ in range(3):
         opt.zero_grad()
-        opt.backward([theta.sum(), -theta[0]])
+        backward()
         opt.step()
         sched.step()
         step_lr.step()
         lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[0] != lrs[1] and all(lr >= 0 for lr in lrs)
+    return lrs, theta.detach().clone()
+
+
+def test_lr_schedulers_accept_it():
+    theta = torch.zeros(2, requires_grad=True)
+    opt = PCGrad(torch.optim.AdamW([theta], lr=1.0))
+    lrs, got = run_with_schedulers(opt, theta, lambda: opt.backward([theta.sum(), -theta[0]]))
+    # warmup 0 -> 1/2 -> 1 -> decay 1/2, each then halved by StepLR: the first step runs at lr 0
+    assert lrs == [0.25, 0.5, 0.25]
+    # PCGrad's gradient of [1, 1] and [-1, 0] (one conflict) is [-0.5, 1.5]; a plain AdamW fed
+    # it under the same schedules lands on the same point
+    ref = torch.zeros(2, requires_grad=True)
+    plain = torch.optim.AdamW([ref], lr=1.0)
+
+    def plain_backward():
+        ref.grad = torch.tensor([-0.5, 1.5])
+
+    ref_lrs, want = run_with_schedulers(plain, ref, plain_backward)
+    assert ref_lrs == lrs
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, torch.zeros(2))
 
 
 def test_state_dict_round_trip_restores_generator_and_optimizer_state():
@@ -508,7 +556,8 @@ def test_bad_input_gives_clear_errors():
         PCGrad([theta])
     with pytest.raises(ValueError, match="reduction"):
         PCGrad(torch.optim.SGD([theta], lr=1.0), reduction="max")
-    with pytest.raises(ValueError, match=r"shared_params\[0\].*not in the optimizer"):
+    with pytest.raises(ValueError, match=r"shared_params\[0\]: expected a parameter of the "
+                                         "optimizer's param groups"):
         PCGrad(torch.optim.SGD([theta], lr=1.0), shared_params=[torch.zeros(2, requires_grad=True)])
     opt = PCGrad(torch.optim.SGD([theta], lr=1.0))
     with pytest.raises(ValueError, match="at least one"):
@@ -530,7 +579,7 @@ def test_bad_input_gives_clear_errors():
 
 
 def test_wide_gramian_chunked_equals_the_plain_product():
-    from mtlkit._task_gradients import wide_gramian
+    from mtlkit.surgery._gramian import wide_gramian
 
     torch.manual_seed(0)
     block = torch.randn(3, 200_003)  # wide enough for the chunked path, with a ragged tail

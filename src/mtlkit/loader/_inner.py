@@ -1,7 +1,8 @@
-"""Private helpers of :mod:`mtlkit.loader`: starting, seeding and fast-forwarding inner loaders."""
+"""Private: starting, seeding and fast-forwarding the inner loaders of a MultiTaskLoader."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ _CYCLE_STRIDE = 1 << 32
 
 EXHAUSTED = object()
 """Sentinel: the inner iterator had no batch left."""
+
+_DATALOADER_ARGS = frozenset(inspect.signature(DataLoader.__init__).parameters)
 
 
 def inner_epoch(epoch: int, cycle: int) -> int:
@@ -84,33 +87,72 @@ def is_stateful(loader: Iterable) -> bool:
     )
 
 
-def _skip(it: Iterator, loader: Iterable, count: int) -> bool:
-    """Advance ``it`` by ``count`` batches; False when it ran out first.
+def is_one_shot(loader: Iterable) -> bool:
+    """Whether ``loader`` is an iterator (``iter(loader) is loader``): it cannot restart."""
+    return isinstance(loader, Iterator)
 
-    A single-process torch DataLoader over a map-style dataset is advanced at the sampler level
-    (indices are drawn, no sample is loaded or collated); any other iterator is advanced by
-    reading and discarding its batches.
+
+class _SkipFirst:
+    """An index sampler whose first pass drops its first ``count`` items (later passes don't).
+
+    Dropping indices before any reaches a worker is what makes a fast-forward free: nothing is
+    loaded or collated, whatever the number of workers.
     """
-    if (
-        isinstance(loader, DataLoader)
-        and type(it).__name__ == "_SingleProcessDataLoaderIter"
-        and not isinstance(loader.dataset, IterableDataset)
-        and callable(getattr(it, "_next_index", None))
-    ):
-        for done in range(count):
-            try:
-                it._next_index()
-            except StopIteration:
-                it._num_yielded += done
-                return False
-        it._num_yielded += count
-        return True
-    for _ in range(count):
-        try:
-            next(it)
-        except StopIteration:
-            return False
-    return True
+
+    def __init__(self, sampler: Iterable, count: int) -> None:
+        self.sampler, self.count = sampler, count
+
+    def __iter__(self) -> Iterator[Any]:
+        # iter() of the sampler now and the skip at the first next(), as a DataLoader would call
+        # them, so a sampler drawing random numbers in either draws them in the same order.
+        return self._skip_then_yield(iter(self.sampler))
+
+    def _skip_then_yield(self, it: Iterator[Any]) -> Iterator[Any]:
+        count, self.count = self.count, 0
+        for _ in range(count):
+            if next(it, EXHAUSTED) is EXHAUSTED:
+                return
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+def sampler_skipping(loader: Iterable, count: int) -> DataLoader | None:
+    """A one-pass twin of ``loader`` that starts ``count`` batches in, or ``None`` if impossible.
+
+    Only for a plain :class:`~torch.utils.data.DataLoader` over a map-style dataset: the twin
+    shares its dataset, sampler (or batch sampler), ``collate_fn``, generator and worker
+    settings, and its index sampler skips ``count`` items first. The indices are drawn in the
+    same order with the same random numbers, so the batches are those ``loader`` would yield.
+    """
+    if type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
+        return None
+    kwargs: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "prefetch_factor": loader.prefetch_factor,
+    }
+    for optional in ("pin_memory_device", "in_order"):  # torch-version dependent
+        if optional in _DATALOADER_ARGS:
+            kwargs[optional] = getattr(loader, optional)
+    if loader.batch_sampler is not None:
+        return DataLoader(
+            loader.dataset, batch_sampler=_SkipFirst(loader.batch_sampler, count), **kwargs
+        )
+    return DataLoader(
+        loader.dataset, batch_size=None, sampler=_SkipFirst(loader.sampler, count), **kwargs
+    )
+
+
+def _discard(it: Iterator, count: int) -> bool:
+    """Read and drop ``count`` batches of ``it``; False when it ran out first."""
+    return all(next(it, EXHAUSTED) is not EXHAUSTED for _ in range(count))
 
 
 def start(
@@ -127,9 +169,10 @@ def start(
     the iterator is created (and its first batch drawn) with torch's CPU default generator
     temporarily seeded by ``rng_seed`` and restored afterwards, so samplers that draw their
     shuffle from the global RNG (the default ``RandomSampler``) and the workers' base seed
-    depend on ``rng_seed`` alone. ``state`` is loaded into a stateful
-    loader first; otherwise ``skip`` batches are fast-forwarded. The first batch is
-    :data:`EXHAUSTED` when nothing is left.
+    depend on ``rng_seed`` alone. ``state`` is loaded into a stateful loader first; otherwise
+    ``skip`` batches are fast-forwarded: at the sampler level where :func:`sampler_skipping`
+    can, else by reading and discarding them. The first batch is :data:`EXHAUSTED` when nothing
+    is left.
     """
     set_inner_epoch(loader, epoch)
     reseed_generators(loader, rng_seed)
@@ -137,15 +180,16 @@ def start(
     saved = gen.get_state()
     gen.manual_seed(rng_seed)
     try:
+        source = loader
         if state is not None:
             loader.load_state_dict(state)  # type: ignore[attr-defined]
-        it = iter(loader)
-        if skip and not _skip(it, loader, skip):
+            skip = 0
+        elif skip:
+            source = sampler_skipping(loader, skip) or loader
+        it = iter(source)
+        if skip and source is loader and not _discard(it, skip):
             return it, EXHAUSTED
-        try:
-            first = next(it)
-        except StopIteration:
-            return it, EXHAUSTED
+        first = next(it, EXHAUSTED)
     finally:
         gen.set_state(saved)
     return it, first

@@ -1,4 +1,4 @@
-"""An optimizer that delegates its optimizer surface to a wrapped one (PCGrad's base class).
+"""An optimizer that delegates its optimizer surface to a wrapped one (the multi-task base).
 
 Everything a caller, an LR scheduler or a ``GradScaler`` expects of a ``torch.optim.Optimizer``
 (``param_groups``, ``state``, ``defaults``, ``zero_grad``, ``step``, ``state_dict``, the step
@@ -19,8 +19,8 @@ class _WrappedOptimizer(Optimizer):
 
     Subclasses may override :meth:`_params_changed` (a param group was added),
     :meth:`_drop_pending` (``zero_grad`` dropped an unfinished step), :meth:`_check_ready` (before
-    ``step``), :meth:`_extra_state` and :meth:`_load_extra_state` (the ``state_dict`` key named by
-    ``_state_key``).
+    ``step``), :meth:`_extra_state`, :meth:`_check_extra_state` and :meth:`_load_extra_state`
+    (the ``state_dict`` key named by ``_state_key``).
     """
 
     _state_key = "wrapper"
@@ -52,6 +52,9 @@ class _WrappedOptimizer(Optimizer):
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
+
+    def _check_extra_state(self, extra: dict[str, Any]) -> None:
+        """Raise if ``extra`` cannot be loaded (called before anything is restored)."""
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         """Restore what :meth:`_extra_state` returned."""
@@ -107,7 +110,7 @@ class _WrappedOptimizer(Optimizer):
         return self.optimizer.step(closure)
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state plus the wrapper's own (``"pcgrad"`` key for PCGrad).
+        """The wrapped optimizer's state plus the wrapper's own (``"multitask"`` or ``"pcgrad"``).
 
         Example:
             >>> import torch
@@ -131,6 +134,8 @@ class _WrappedOptimizer(Optimizer):
         """
         state_dict = dict(state_dict)
         extra = state_dict.pop(self._state_key, None)
+        if extra is not None:
+            self._check_extra_state(extra)
         self.optimizer.load_state_dict(state_dict)
         if extra is not None:
             self._load_extra_state(extra)

@@ -121,10 +121,11 @@ def test_fast_forward_does_not_read_skipped_samples():
         next(it)
     state = first.state_dict()
     assert state["loaders"]["b"] == {"cycle": 1, "consumed": 1, "state": None}
-    resumed = make("interleaved", [6, 4], batch_size=2)
+    loaders = make_loaders([6, 4], batch_size=2)
+    resumed = MultiTaskLoader(loaders, mode="interleaved", seed=0)
     resumed.load_state_dict(state)
     list(resumed)
-    reads = {t: resumed._loaders[i].dataset.reads for i, t in enumerate("ab")}
+    reads = {t: loaders[t].dataset.reads for t in "ab"}
     assert reads == {"a": 2, "b": 2}  # only the one remaining step was loaded
 
 

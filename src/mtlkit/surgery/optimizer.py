@@ -1,0 +1,373 @@
+"""MultiTaskOptimizer: any weighting of the task gradients (or losses) as an optimizer wrapper.
+
+The expensive part of every Gramian-based method is the same: the per-task gradients of the
+shared parameters as the rows of T x P buffers ``J``, their T x T Gramian ``G = J J^T``, T
+weights ``w`` and the combined gradient ``w @ J``. This wrapper does it once, for any
+:class:`~mtlkit.weighting.Weighting`; a :class:`~mtlkit.weighting.LossWeighting` needs no
+per-task gradient and gets one backward of its weighted loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch.optim import Optimizer
+
+from mtlkit.surgery._buffer import TaskGradients
+from mtlkit.surgery._collectives import Sync
+from mtlkit.surgery._combine import Combiner
+from mtlkit.surgery._graph import graphs_needing_retention
+from mtlkit.surgery._inputs import (
+    as_named_losses,
+    check_owned,
+    check_shared_params,
+    finite_flag,
+    resolve_weighting,
+    unique_params,
+)
+from mtlkit.surgery._loss_step import loss_step
+from mtlkit.surgery._reach import ReachRecorder
+from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts
+from mtlkit.surgery._step import Step
+from mtlkit.surgery._sync import SurgerySync
+from mtlkit.surgery._wrapper import _WrappedOptimizer
+
+logger = logging.getLogger(__name__)
+
+Reduction = Literal["sum", "mean"]
+REDUCTIONS = ("sum", "mean")
+Losses = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+
+class MultiTaskOptimizer(_WrappedOptimizer):
+    """Wraps a torch optimizer and combines the tasks' gradients with a weighting.
+
+    To its callers it is an optimizer (``param_groups``, ``state_dict``, LR schedulers,
+    ``torch.amp.GradScaler``). :meth:`backward` replaces ``loss.backward()``: it leaves the
+    combined gradient in every ``.grad``, so ``clip_grad_norm_`` can run before :meth:`step`.
+
+    With a :class:`~mtlkit.weighting.Weighting` (PCGrad, UPGrad, MGDA, ...) each task is
+    backpropagated into its row of a T x P buffer ``J``, the weighting maps the Gramian
+    ``J J^T`` to weights ``w`` and the shared parameters get ``w @ J``; every other parameter
+    (a task head) gets the plain gradient of its loss, untouched. With a
+    :class:`~mtlkit.weighting.LossWeighting` (uncertainty weighting, DWA, FAMO) the weighted
+    loss is backpropagated once; its parameters must be in the wrapped optimizer.
+
+    Args:
+        optimizer: The optimizer to wrap (it owns the parameters and the update rule).
+        weighting: A weighting instance, or a name for ``mtlkit.weighting.by_name``.
+        shared_params: The parameters whose task gradients are combined. ``None`` (default):
+            those that two or more tasks' losses reach in each step, found by hooks during
+            the backward passes. They must be in the optimizer's param groups. Ignored
+            (must be ``None``) with a loss weighting.
+        reduction: ``"sum"`` or ``"mean"`` (the weights divided by T). It applies to the
+            shared parameters; task-specific parameters always get their task's gradient.
+        sync: What happens across processes when a ``torch.distributed`` process group with
+            more than one rank is initialised (without one, no collective is ever issued).
+            ``"tasks"`` (default, exact): the T x P task gradients are averaged over ranks in
+            one all-reduce, every rank combines the global-batch gradients and rank 0's T
+            weights are broadcast (save rank 0's :meth:`state_dict`); with a loss weighting
+            the T losses are averaged before the weighting and the gradients after the
+            backward. ``"aggregate"``: each rank combines its local gradients, then one
+            all-reduce of the result (P numbers instead of T x P; not the same algorithm).
+            ``"none"``: no communication, the caller synchronises.
+        process_group: The group to synchronise over (``None``: the default group).
+        log_stats: Log each step's conflicts and cosines at INFO level.
+
+    One step reads the device once (the Gramian, the weights and the loss finiteness flags in
+    one copy); a weighting whose ``on_host`` attribute is true (PCGrad) is handed that host
+    copy of the Gramian. A non-finite loss sets the managed gradients to NaN, so that a
+    ``GradScaler`` skips the step, and makes a direct :meth:`step` raise ``ValueError``; a
+    non-finite gradient writes the plain sum, overflow included, for the scaler to see.
+
+    With ``DistributedDataParallel``, run the forward pass AND :meth:`backward` inside
+    ``model.no_sync()`` (DDP prepares its reducer in the forward): the optimizer all-reduces.
+
+    Example:
+        >>> import torch
+        >>> from mtlkit import MultiTaskOptimizer
+        >>> from mtlkit.weighting import PCGrad
+        >>> body, head_a = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+        >>> head_b = torch.nn.Linear(4, 1)
+        >>> params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
+        >>> opt = MultiTaskOptimizer(torch.optim.SGD(params, lr=0.1), PCGrad(seed=0))
+        >>> x = torch.randn(8, 4)
+        >>> stats = opt.backward({"a": head_a(body(x)).mean(), "b": -head_b(body(x)).mean()})
+        >>> stats.tasks, stats.weights.shape
+        (('a', 'b'), torch.Size([2]))
+        >>> opt.step()
+    """
+
+    _state_key = "multitask"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        weighting: Any,
+        shared_params: Iterable[torch.Tensor] | None = None,
+        reduction: Reduction = "sum",
+        sync: Sync = "tasks",
+        process_group: Any = None,
+        log_stats: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer) or isinstance(optimizer, MultiTaskOptimizer):
+            raise TypeError(
+                "optimizer: expected a torch.optim.Optimizer to wrap, "
+                f"got {type(optimizer).__name__}"
+            )
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        self.weighting = resolve_weighting(weighting)
+        """The weighting combining the tasks (its state is part of :meth:`state_dict`)."""
+        self._sync = SurgerySync(sync, process_group)
+        super().__init__(optimizer)
+        self.reduction: Reduction = reduction
+        self.sync: Sync = sync
+        self.log_stats = log_stats
+        self._explicit = None if shared_params is None else unique_params(shared_params)
+        if self.weighting.requires_gramian:
+            if self._explicit is not None:
+                check_shared_params(self._explicit, self.param_groups)
+            self._combiner = Combiner(self.weighting, reduction == "mean")
+        else:
+            if self._explicit is not None:
+                raise ValueError(
+                    "shared_params: expected None with a loss weighting (it combines no "
+                    f"per-task gradients), got {len(self._explicit)} parameter(s)"
+                )
+            check_owned(self.weighting, self.param_groups)
+        self._reach = ReachRecorder()
+        self._grads: TaskGradients | None = None
+        self._auto_shared: set[int] = set()
+        self._step: Step | None = None
+        self._nonfinite: tuple[str, ...] = ()
+        self.last_stats: SurgeryStats | None = None
+        """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(weighting={self.weighting!r}, reduction={self.reduction!r}, "
+            f"sync={self.sync!r}, optimizer={self.optimizer!r})"
+        )
+
+    # ----------------------------------------------------------------- _WrappedOptimizer hooks
+    def _params_changed(self) -> None:
+        self._grads = None
+
+    def _drop_pending(self) -> None:
+        self._step = None
+        self._nonfinite = ()
+
+    def _check_ready(self) -> None:
+        if self._step is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step(): call combine() after task_backward() and "
+                "before step()"
+            )
+        if self._nonfinite:
+            name = self._nonfinite[0]
+            raise ValueError(
+                f"losses[{name!r}]: expected a finite loss, got a non-finite one in the last "
+                "backward (a GradScaler would have skipped this step; call zero_grad())"
+            )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "weighting": type(self.weighting).__name__,
+            "reduction": self.reduction,
+            "weighting_state": self.weighting.state_dict(),
+        }
+
+    def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
+        key = self._state_key
+        for field, mine in (("weighting", type(self.weighting).__name__),
+                            ("reduction", self.reduction)):
+            if field in extra and extra[field] != mine:
+                raise ValueError(
+                    f"state_dict[{key!r}][{field!r}]: expected {mine!r} (this optimizer's), "
+                    f"got {extra[field]!r}"
+                )
+
+    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
+        self.weighting.load_state_dict(extra["weighting_state"])
+
+    # ----------------------------------------------------------------- the public steps
+    def backward(self, losses: Losses, retain_graph: bool | None = None) -> SurgeryStats:
+        """Backpropagate each task's loss and write the combined gradient to ``.grad``.
+
+        A second call before :meth:`step` adds to ``.grad``, as ``loss.backward()`` does (under
+        a process group, each call's contribution is the global one). If a task's backward
+        raises, the step is dropped and the managed ``.grad`` are what they were before.
+
+        Args:
+            losses: One scalar loss per task, as a sequence or a mapping ``{task: loss}``.
+            retain_graph: ``None`` (default) retains a task's graph only when a later task's
+                backward needs part of it (one forward shared by several heads); losses from
+                separate forward passes are freed one after another.
+
+        Returns:
+            The :class:`SurgeryStats` of this combination (also in :attr:`last_stats`).
+
+        Raises:
+            TypeError, ValueError: ``losses`` is not a sequence or mapping of scalar floating
+                tensors (the task is named), or (with ``sync`` active) the ranks backpropagated
+                different tasks.
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import MultiTaskOptimizer
+            >>> from mtlkit.weighting import PCGrad
+            >>> theta = torch.zeros(2, requires_grad=True)
+            >>> opt = MultiTaskOptimizer(torch.optim.SGD([theta], lr=1.0), PCGrad(seed=0))
+            >>> stats = opt.backward({"a": theta @ torch.tensor([1.0, 0.0]),
+            ...                       "b": theta @ torch.tensor([-1.0, 1.0])})
+            >>> theta.grad, stats.num_conflicts
+            (tensor([0.5000, 1.5000]), 1)
+        """
+        names, tensors = as_named_losses(losses)
+        if self._step is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): task_backward() calls are waiting for "
+                "combine()"
+            )
+        if not self.weighting.requires_gramian:
+            params = self._trainable()
+            stats = loss_step(self.weighting, names, tensors, params, self.reduction == "mean",
+                              self._sync, retain_graph)
+            return self._record(stats, stats.nonfinite)
+        retain = (graphs_needing_retention(tensors) if retain_graph is None
+                  else [retain_graph] * len(tensors))
+        try:
+            for name, loss, keep in zip(names, tensors, retain, strict=True):
+                self._task_backward(name, loss, keep)
+        except BaseException:
+            self._abort()
+            raise
+        return self.combine()
+
+    def task_backward(self, task: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Backpropagate one task's loss now (per-task form); :meth:`combine` finishes the step.
+
+        Call it right after the task's forward pass, so that only one task's activations are
+        alive at a time: the step then needs less peak memory than the plain summed loss.
+        Not available with a loss weighting (it backpropagates the weighted loss once).
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import MultiTaskOptimizer
+            >>> from mtlkit.weighting import PCGrad
+            >>> body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+            >>> opt = MultiTaskOptimizer(
+            ...     torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.1), PCGrad())
+            >>> for task, x in {"a": torch.randn(4, 3), "b": torch.randn(4, 3)}.items():
+            ...     opt.task_backward(task, head(body(x)).mean())
+            >>> opt.combine().tasks
+            ('a', 'b')
+        """
+        if not self.weighting.requires_gramian:
+            raise TypeError(
+                f"task_backward: expected a Gramian weighting, got the loss weighting "
+                f"{type(self.weighting).__name__}; call backward(losses) instead"
+            )
+        names, tensors = as_named_losses({task: loss})
+        try:
+            self._task_backward(names[0], tensors[0], retain_graph)
+        except BaseException:
+            if self._step is not None and not self._step.tasks:
+                self._abort()  # nothing recorded yet: leave no pending step behind
+            raise
+
+    def combine(self) -> SurgeryStats:
+        """Combine the gradients recorded by :meth:`task_backward` and write them to ``.grad``.
+
+        With ``sync`` active, this is where the ranks communicate (see the class docstring).
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import MultiTaskOptimizer
+            >>> from mtlkit.weighting import PCGrad
+            >>> lin = torch.nn.Linear(2, 1)
+            >>> opt = MultiTaskOptimizer(torch.optim.SGD(lin.parameters(), lr=0.1), PCGrad())
+            >>> opt.task_backward("only", lin(torch.ones(1, 2)).sum())
+            >>> opt.combine().num_conflicts
+            0
+        """
+        if self._step is None or not self._step.tasks:
+            raise RuntimeError(
+                f"{type(self).__name__}.combine(): no task_backward() since the last step"
+            )
+        step, self._step = self._step, None
+        grads = step.grads
+        reached, had = self._sync.share_task_gradients(
+            step.tasks, grads, step.reach_matrix(), step.had_grad, self.param_groups
+        )
+        reach = [sum(r[k] for r in reached) for k in range(len(grads.params))]
+        shared = [True] * len(reach) if self._explicit is not None else [n >= 2 for n in reach]
+        loss_ok = torch.stack(step.loss_ok)
+        outcome = self._combiner(grads, shared, step.tasks, loss_ok, step.accumulate, self._sync)
+        self._sync.share_combined(grads)
+        step.publish(reach, had)
+        if self._explicit is None:
+            self._auto_shared = {id(p) for p, s in zip(grads.params, shared, strict=True) if s}
+        cosine, conflicts = cosine_and_conflicts(outcome.gramian)
+        return self._record(SurgeryStats(
+            tuple(step.tasks), cosine, conflicts, outcome.weights.float(), outcome.finite,
+            self._sync.sent_bytes, outcome.nonfinite,
+        ), outcome.nonfinite if outcome.bad_losses else ())
+
+    # ----------------------------------------------------------------- internals
+    def _record(self, stats: SurgeryStats, bad_losses: tuple[str, ...]) -> SurgeryStats:
+        self._nonfinite = self._nonfinite or bad_losses  # step() raises until zero_grad()
+        self.last_stats = stats
+        if self.log_stats:
+            cosines = None if stats.cosine is None else [
+                [round(c, 3) for c in r] for r in stats.cosine.tolist()
+            ]
+            logger.info("%s: %s conflicting pair(s) of %d tasks; weights %s; cosines %s",
+                        type(self.weighting).__name__, stats.num_conflicts, len(stats.tasks),
+                        [round(w, 4) for w in stats.weights.tolist()], cosines)
+        return stats
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return unique_params(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+
+    def _task_backward(self, name: str, loss: torch.Tensor, retain_graph: bool) -> None:
+        step = self._begin_step()
+        if name in step.tasks:
+            raise ValueError(
+                f"task: expected a task not yet backpropagated in this step, got {name!r} "
+                "already backpropagated"
+            )
+        row = len(step.tasks)
+        step.grads.ensure_rows(row + 1)
+        step.grads.route_grads_to_row(row)
+        with self._reach.recording() as reached:
+            if loss.requires_grad:
+                loss.backward(retain_graph=retain_graph)
+        step.tasks.append(name)
+        step.reached.append(reached)
+        step.loss_ok.append(finite_flag(loss, step.grads.device))
+
+    def _begin_step(self) -> Step:
+        if self._step is None:
+            self._step = Step.begin(self._layout())
+        return self._step
+
+    def _abort(self) -> None:
+        if self._step is not None:
+            step, self._step = self._step, None
+            step.abort()
+
+    def _layout(self) -> TaskGradients:
+        if self._explicit is not None:
+            params = self._explicit
+        else:
+            # Shared parameters first: each group's Gramian is then one product over one block.
+            params = sorted(self._trainable(), key=lambda p: id(p) not in self._auto_shared)
+        if self._grads is None or self._grads.key != [id(p) for p in params]:
+            self._grads = TaskGradients(params)
+            self._reach.watch(self._grads.params)
+        return self._grads
