@@ -28,7 +28,9 @@ def direct_metrics(model, task, rows):
     with torch.no_grad():
         for batch in DataLoader(rows, batch_size=5, collate_fn=pad_collate):
             out = model(task=task, **batch)
-            losses.append(float(out.loss)), logits.append(out.logits), labels.append(batch["labels"])
+            losses.append(float(out.loss))
+            logits.append(out.logits)
+            labels.append(batch["labels"])
     logits, labels = torch.cat(logits), torch.cat(labels)
     if task == "sst":
         metric = float((logits.argmax(-1) == labels).float().mean())

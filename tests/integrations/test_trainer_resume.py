@@ -61,7 +61,8 @@ CASES = {
     # fixed; detected ones are laid out shared-first from the previous step on, which a resumed
     # run's first step cannot know (differences in the last bits, see the test below)
     "interleaved-pcgrad": {"weighting": lambda: mtlkit.weighting.PCGrad(seed=3), "shared": True},
-    "proportional-accumulation": {"sampling": "proportional", "args": {"gradient_accumulation_steps": 2}},
+    "proportional-accumulation": {"sampling": "proportional",
+                                  "args": {"gradient_accumulation_steps": 2}},
     "temperature": {"sampling": "temperature", "temperature": 2.0},
     "loss-weighting": {"weighting": lambda: LearnedScales(3)},
 }

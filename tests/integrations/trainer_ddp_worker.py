@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hf_tiny_models import (  # noqa: E402
+from hf_tiny_models import (
     TinyMultiTask,
     make_datasets,
     pad_collate,
@@ -24,8 +24,8 @@ from hf_tiny_models import (  # noqa: E402
     training_args,
 )
 
-import mtlkit  # noqa: E402
-from mtlkit.integrations.transformers import MultiTaskTrainer  # noqa: E402
+import mtlkit
+from mtlkit.integrations.transformers import MultiTaskTrainer
 
 SIZES = {"sst": 16, "qqp": 16, "sts": 8}
 STEPS = 3

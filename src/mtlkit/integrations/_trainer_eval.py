@@ -53,7 +53,8 @@ class TaskEvaluation:
             metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=samples))
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics)
         return metrics
 
     def _evaluate_task(self, task: str, dataset: Any, ignore_keys: list[str] | None,

@@ -40,7 +40,10 @@ def loss_of(output: Any, where: str) -> Tensor:
 
 def logits_of(output: Any, where: str) -> Tensor:
     """``output.logits`` (or ``output["logits"]``), for SMART's divergence."""
-    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(output, Mapping):
+        logits = output.get("logits")
+    else:
+        logits = getattr(output, "logits", None)
     if not isinstance(logits, Tensor):
         raise ValueError(
             f"{where}: SMART needs the task output: expected outputs with .logits, got "

@@ -196,8 +196,8 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
                                               self._tasks)
         self._smart = check_smart(smart, smart_weight, self._tasks)
         self._weighting = resolve_weighting(weighting)
-        check_combination(self._weighting, self._tasks, sampling, self.args.gradient_accumulation_steps,
-                          per_sample_routing, self._smart)
+        check_combination(self._weighting, self._tasks, sampling,
+                          self.args.gradient_accumulation_steps, per_sample_routing, self._smart)
         check_trainer_args(self.args, self._sharded_kind)
         if isinstance(self._weighting, LossWeighting):
             self._weighting.to(self.args.device)
@@ -282,8 +282,9 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         if isinstance(self._weighting, LossWeighting):
             self._add_weighting_params(optimizer, user_given)
         elif self._weighting is not None:
-            self._surgery = _wrap_optimizer(optimizer, self._weighting, self._shared_params,
-                                            self._reduction, self._sync)
+            self._surgery = mtlkit.MultiTaskOptimizer(
+                optimizer, self._weighting, shared_params=self._shared_params,
+                reduction=self._reduction, sync=self._sync)
             self.optimizer = self._surgery
         return self.optimizer
 
@@ -335,7 +336,7 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
             return losses, _sum(losses)
         with self.compute_loss_context_manager():
             losses = self._step_losses(model, batches)
-            total = self._weighting(stack_losses(losses, list(losses))) if loss_weighting else None
+            total = self._weighted_loss(losses) if loss_weighting else None
         detached = {t: v.detach() for t, v in losses.items()}
         if total is None and self._surgery is None:
             total = _sum(losses)  # one backward through the shared graph of the routed forward
@@ -346,6 +347,20 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         for i, (task, loss) in enumerate(items):
             self._backward_task(task, loss * scale, retain_graph=i < len(items) - 1)
         return detached, _sum(detached)
+
+    def _weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The loss weighting applied to the step's losses, at their global-batch values.
+
+        Under several processes the weighting sees the mean of the ranks' losses (its state then
+        evolves identically everywhere) while each rank's gradient flows through its own loss:
+        after the gradient average this is the weighting of the global batch.
+        """
+        stacked = stack_losses(losses, list(losses))
+        if self.args.world_size > 1:
+            mean = self.accelerator.reduce(stacked.detach().clone(), reduction="mean")
+            stacked = stacked + (mean - stacked.detach())
+        total = self._weighting(stacked)
+        return total / len(losses) if self._reduction == "mean" else total
 
     def _backward_task(self, task: str, loss: Tensor, retain_graph: bool = False) -> None:
         if self._surgery is None:
@@ -465,20 +480,3 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
 
 def _sum(losses: Mapping[str, Tensor]) -> Tensor:
     return torch.stack([v.float() for v in losses.values()]).sum()
-
-
-def _wrap_optimizer(optimizer: torch.optim.Optimizer, weighting: Weighting,
-                    shared_params: list[Tensor] | None, reduction: str, sync: str) -> Any:
-    """``MultiTaskOptimizer(optimizer, weighting, ...)``."""
-    wrapper = getattr(mtlkit, "MultiTaskOptimizer", None)
-    if wrapper is not None:
-        return wrapper(optimizer, weighting, shared_params=shared_params, reduction=reduction,
-                       sync=sync)
-    if not isinstance(weighting, mtlkit.weighting.PCGrad):  # until MultiTaskOptimizer lands
-        raise ValueError(f"weighting: {type(weighting).__name__} needs mtlkit.MultiTaskOptimizer")
-    pcgrad = mtlkit.PCGrad(optimizer, shared_params=shared_params, reduction=reduction, sync=sync)
-    state = pcgrad.state_dict()
-    state["pcgrad"]["generator"] = weighting.generator.get_state()
-    pcgrad.load_state_dict(state)
-    return pcgrad
-
