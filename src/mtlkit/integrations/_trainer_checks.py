@@ -117,8 +117,13 @@ def resolve_weighting(weighting: Any) -> Weighting | LossWeighting | None:
     if weighting is None or isinstance(weighting, (Weighting, LossWeighting)):
         return weighting
     if isinstance(weighting, str):
-        from mtlkit.weighting import by_name
+        import mtlkit.weighting
 
+        by_name = getattr(mtlkit.weighting, "by_name", None)
+        if by_name is None and weighting.lower() == "pcgrad":  # until by_name lands
+            return mtlkit.weighting.PCGrad()
+        if by_name is None:
+            raise ValueError(f"weighting: expected 'pcgrad', got {weighting!r}")
         return by_name(weighting)
     hint = ""
     if type(weighting).__name__ in ("PCGrad", "MultiTaskOptimizer"):

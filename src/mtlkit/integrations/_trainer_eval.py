@@ -66,7 +66,7 @@ class TaskEvaluation:
             sampler=SequentialSampler(dataset),
             collate_fn=self._collators.get(task) or self.data_collator,
             num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
         )
         loader = self.accelerator.prepare(loader)  # shards across processes, moves to device
         saved_metrics, self.compute_metrics, self._eval_task = self.compute_metrics, metric_fn, task

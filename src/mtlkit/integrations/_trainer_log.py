@@ -54,7 +54,7 @@ class TrainLog:
                 statistics are computed on the global gradients, identical on every rank).
         """
         out: dict[str, float] = {}
-        keys = sorted(self._sums)
+        keys = list(self._sums)  # first-seen order: the same on every rank
         if keys:
             sums = torch.stack([self._sums[k] for k in keys])
             counts = torch.tensor([float(self._counts[k]) for k in keys], device=sums.device)
@@ -63,7 +63,7 @@ class TrainLog:
                 packed = reduce_sum(packed)
             means = (packed[: len(keys)] / packed[len(keys) :]).tolist()
             out.update(zip(keys, means, strict=True))
-        for key in sorted(self._stats):
+        for key in self._stats:
             out[key] = self._stats[key] / self._stats_counts[key]
         self._sums, self._counts, self._stats, self._stats_counts = {}, {}, {}, {}
         return out

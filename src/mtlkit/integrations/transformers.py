@@ -250,7 +250,7 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
             world_size=max(self.args.world_size, 1), rank=self.args.process_index, seed=seed,
             drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
         )
         loader = MultiTaskLoader(loaders, seed=seed, **self._sampling)
         self._stream = StepStream(loader)
