@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel, PrinterCallback, TrainingArgumen
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mtlkit import MultiTaskLoader
+from mtlkit.weighting import LossWeighting
 
 OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}
 VOCAB = 40
@@ -123,3 +124,21 @@ def copy_model(model: nn.Module) -> nn.Module:
 def max_difference(a: nn.Module, b: nn.Module) -> float:
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     return max(float((x.float() - y.float()).abs().max()) for x, y in pairs)
+
+
+class LearnedScales(LossWeighting):
+    """Kendall-style uncertainty weighting, written out: exp(-s_t) L_t + s_t."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, losses):
+        return (torch.exp(-self.log_vars) * losses + self.log_vars).sum()
+
+
+class CurvedScales(LearnedScales):
+    """A loss weighting that is not linear in the losses (so the losses it sees matter)."""
+
+    def forward(self, losses):
+        return super().forward(losses) + 0.1 * losses.pow(2).sum()

@@ -1,6 +1,7 @@
 """MultiTaskTrainer under torchrun (2 gloo processes, the Trainer's accelerate/DDP path) equals
-one process on the global batch, for the plain sum and for PCGrad, with exactly one gradient
-all-reduce per optimizer step (DDP's own reducer never runs: nothing is all-reduced twice)."""
+one process on the global batch, for the plain sum, PCGrad and a loss weighting, with exactly
+one gradient all-reduce per optimizer step (DDP's own reducer never runs: nothing is
+all-reduced twice)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def torchrun(mode: str, out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sum", "pcgrad"])
+@pytest.mark.parametrize("mode", ["sum", "pcgrad", "loss"])
 def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, mode):
     ranks = torchrun(mode, tmp_path / "ddp")
     single = train(mode, tmp_path / "single", batch_size=4)  # 2 ranks x 2 rows per task
@@ -50,8 +51,11 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, mode):
     result = ranks[0]
     assert result["ddp_allreduces"] == 0
     size = result["trainable"]
-    expected = size + result["num_params"] if mode == "sum" else 3 * size
+    expected = 3 * size if mode == "pcgrad" else size + result["num_params"]
     big = [n for n in result["all_reduce_sizes"] if n >= size]
     assert big == [expected] * STEPS
     if mode == "pcgrad":
         assert result["surgery_bytes"] > 0 and single["surgery_bytes"] == 0
+    if mode == "loss":  # the weighting saw the global losses: the same state as one process
+        torch.testing.assert_close(result["weighting"], single["weighting"], rtol=1e-5, atol=1e-7)
+        assert torch.equal(result["weighting"], ranks[1]["weighting"])

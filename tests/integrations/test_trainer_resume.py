@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from hf_tiny_models import (
+    LearnedScales,
     TinyMultiTask,
     make_datasets,
     max_difference,
@@ -18,7 +19,6 @@ from hf_tiny_models import (
 
 import mtlkit
 from mtlkit.integrations.transformers import MultiTaskTrainer
-from mtlkit.weighting import LossWeighting
 
 
 class CountingRows(list):
@@ -29,17 +29,6 @@ class CountingRows(list):
     def __getitem__(self, index):
         CountingRows.reads += 1
         return super().__getitem__(index)
-
-
-class LearnedScales(LossWeighting):
-    """Kendall-style uncertainty weighting, written out: exp(-s_t) L_t + s_t."""
-
-    def __init__(self, num_tasks: int) -> None:
-        super().__init__()
-        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
-
-    def forward(self, losses):
-        return (torch.exp(-self.log_vars) * losses + self.log_vars).sum()
 
 
 def run(out, *, steps, datasets, resume=None, weighting=None, **kwargs):

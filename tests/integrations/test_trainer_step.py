@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hf_tiny_models import (
+    LearnedScales,
     TinyMultiTask,
     as_steps,
     copy_model,
@@ -20,7 +21,6 @@ from transformers import get_linear_schedule_with_warmup
 
 import mtlkit
 from mtlkit.integrations.transformers import MultiTaskTrainer
-from mtlkit.weighting import LossWeighting
 
 SIZES = {"sst": 16, "qqp": 12, "sts": 8}
 
@@ -110,17 +110,6 @@ def test_logged_task_losses_are_the_hand_loop_losses(tmp_path):
     for task, value in expected.items():
         assert first[f"loss_{task}"] == pytest.approx(value, rel=1e-6)
     assert first["loss"] == pytest.approx(sum(expected.values()), rel=1e-6)
-
-
-class LearnedScales(LossWeighting):
-    """Kendall-style uncertainty weighting, written out: exp(-s_t) L_t + s_t."""
-
-    def __init__(self, num_tasks: int) -> None:
-        super().__init__()
-        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
-
-    def forward(self, losses):
-        return (torch.exp(-self.log_vars) * losses + self.log_vars).sum()
 
 
 def test_loss_weighting_equals_hand_written_loop(tmp_path):

@@ -1,7 +1,8 @@
 """One rank of the MultiTaskTrainer torchrun test (launched by test_trainer_ddp.py).
 
 ``python -m torch.distributed.run --nproc_per_node 2 trainer_ddp_worker.py MODE OUT`` trains
-the tiny model with the per-rank batch size; MODE is ``sum`` or ``pcgrad``. Each rank saves its
+the tiny model with the per-rank batch size; MODE is ``sum``, ``pcgrad`` or ``loss`` (a loss
+weighting). Each rank saves its
 weights, how many all-reduces DDP itself issued (a counting comm hook), and its logs.
 """
 
@@ -17,6 +18,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hf_tiny_models import (
+    CurvedScales,
     TinyMultiTask,
     make_datasets,
     pad_collate,
@@ -67,7 +69,8 @@ def _count_all_reduces() -> None:
 def train(mode: str, out: Path, batch_size: int) -> dict:
     torch.manual_seed(0)
     model = TinyMultiTask(dropout=0.0)
-    weighting = mtlkit.weighting.PCGrad(seed=0) if mode == "pcgrad" else None
+    weighting = {"sum": None, "pcgrad": mtlkit.weighting.PCGrad(seed=0),
+                 "loss": CurvedScales(3)}[mode]
     backend = {"ddp_backend": "gloo"} if "WORLD_SIZE" in os.environ else {}
     args = training_args(out, per_device_train_batch_size=batch_size, max_steps=STEPS, **backend)
     trainer = quiet(CountingTrainer(model, args, train_dataset=make_datasets(SIZES),
@@ -82,8 +85,9 @@ def train(mode: str, out: Path, batch_size: int) -> dict:
         "surgery_bytes": surgery_bytes,
         "log": [h for h in trainer.state.log_history if "loss" in h],
         "all_reduce_sizes": list(ALL_REDUCE_SIZES),
-        "trainable": sum(p.numel() for p in model.parameters()),
-        "num_params": len(list(model.parameters())),
+        "trainable": sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"]),
+        "num_params": sum(len(g["params"]) for g in trainer.optimizer.param_groups),
+        "weighting": None if mode != "loss" else weighting.log_vars.detach().clone(),
     }
 
 
