@@ -28,8 +28,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
-from mtlkit import LoRAMoE
-from mtlkit._lora_moe_config import BERT_TARGET_MODULES
+from mtlkit import LoRAMoE, LoRAMoEConfig
+from mtlkit.lora_moe.config import BERT_TARGET_MODULES
 
 TASKS = ["sst", "qqp", "sts"]
 
@@ -90,7 +90,7 @@ def main() -> None:
     peft_multi = get_peft_model(copy.deepcopy(bare), lora, adapter_name=TASKS[0])
     for t in TASKS[1:]:
         peft_multi.add_adapter(t, lora)
-    moe = LoRAMoE(copy.deepcopy(bare), TASKS, r=args.r, alpha=args.alpha)
+    moe = LoRAMoE(copy.deepcopy(bare), LoRAMoEConfig(tasks=TASKS, r=args.r, alpha=args.alpha))
     for m in (moe, peft_multi):  # non-zero B so that every path really computes
         with torch.no_grad():
             for name, p in m.named_parameters():

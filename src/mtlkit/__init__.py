@@ -6,8 +6,6 @@ are imported only by the objects that need them (LoRAMoE, hf_smart_inputs).
 
 from mtlkit import weighting
 from mtlkit._distributed import average_gradients
-from mtlkit._smart_hf import hf_smart_inputs
-from mtlkit.bregman import BregmanProximal
 from mtlkit.contrastive import (
     ContrastivePair,
     SimCSELoss,
@@ -18,7 +16,7 @@ from mtlkit.contrastive import (
 )
 from mtlkit.loader import MultiTaskLoader
 from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
-from mtlkit.smart import SmartLoss
+from mtlkit.smart import BregmanProximal, SmartLoss, hf_smart_inputs
 from mtlkit.surgery import MultiTaskOptimizer, PCGrad, SurgeryStats, pcgrad_weights
 
 __all__ = [

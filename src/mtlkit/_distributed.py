@@ -108,7 +108,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         counts = [int(s.item()) for s in sizes]
         if len(set(counts)) != 1:
             raise ValueError(
-                f"all_gather_with_grad needs the same batch size on every rank, got {counts}"
+                f"tensor: expected the same batch size (dim 0) on every rank, got {counts}"
             )
         chunks = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(chunks, tensor.contiguous())

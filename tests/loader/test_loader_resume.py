@@ -42,7 +42,8 @@ def make_loaders(sizes, kind="dataloader", batch_size=1, workers=0):
     for t, n in enumerate(sizes):
         ds = Counting(n * batch_size, 1000 * t)
         cls = StatefulDataLoader if kind == "stateful" else DataLoader
-        out[NAMES[t]] = cls(ds, batch_size=batch_size, shuffle=True, num_workers=workers)
+        out[NAMES[t]] = cls(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                            timeout=60 if workers else 0)  # a hung worker fails the test
     return out
 
 

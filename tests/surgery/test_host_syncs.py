@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from host_reads import counting
+
 from mtlkit import MultiTaskOptimizer, PCGrad
 from mtlkit.weighting import LossWeighting, Weighting
 

@@ -98,7 +98,7 @@ def test_5_heads_of_another_dtype_get_their_plain_gradient(body_dtype, head_dtyp
     got = torch.cat([p.grad.reshape(-1) for p in shared])
     tol = {"rtol": 2e-2, "atol": 2e-2} if body_dtype == torch.bfloat16 else {}
     torch.testing.assert_close(got.double(), two_task_reference(*rows), **tol)
-    assert opt._auto_shared == {id(p) for p in shared}
+    assert opt._steps.auto_shared == {id(p) for p in shared}
 
 
 def test_5_explicit_shared_parameters_of_two_dtypes_share_one_gramian():

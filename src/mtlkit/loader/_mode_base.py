@@ -59,6 +59,7 @@ class LoaderMode:
         names, steps, streams = run.names, run.steps, run.streams
         its, consumed, refill = streams.iterators, streams.consumed, streams.refill
         draw = self.draw
+        last = steps - 1  # type: ignore[operator]
         for step in range(run.step, steps):  # type: ignore[arg-type]
             i = draw()
             it = its[i]
@@ -72,6 +73,6 @@ class LoaderMode:
             if batch is EXHAUSTED:
                 batch = refill(i)
             run.step = step + 1
-            if run.step == steps:
+            if step == last:
                 finish()
             yield names[i], batch

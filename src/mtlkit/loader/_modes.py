@@ -41,6 +41,7 @@ class Interleaved(LoaderMode):
         steps, streams = run.steps, run.streams
         its, consumed, refill = streams.iterators, streams.consumed, streams.refill
         pairs = list(enumerate(run.names))
+        last = steps - 1  # type: ignore[operator]
         for step in range(run.step, steps):  # type: ignore[arg-type]
             out = {}
             for i, name in pairs:
@@ -54,7 +55,7 @@ class Interleaved(LoaderMode):
                         pass
                 out[name] = refill(i)
             run.step = step + 1
-            if run.step == steps:
+            if step == last:
                 finish()
             yield out
 

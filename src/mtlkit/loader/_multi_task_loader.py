@@ -148,7 +148,11 @@ class MultiTaskLoader:
     def __len__(self) -> int:
         """Steps in one epoch; ``TypeError`` when unknown (a sequential unsized loader)."""
         if self._spec.steps is None:
-            raise TypeError("len() is undefined: a loader has no len() (mode='sequential')")
+            spec = self._spec
+            unsized = [n for n, size in zip(spec.names, spec.sizes, strict=True) if size is None]
+            raise TypeError(
+                f"len() is undefined for mode='sequential' over loaders without len(): {unsized}"
+            )
         return self._spec.steps
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +204,7 @@ class MultiTaskLoader:
         finish = functools.partial(self._finish, run)
         if run.step == run.steps:  # a state saved after the epoch's last step
             finish()
-        yield from run.draw.iterate(run, finish)  # type: ignore[attr-defined]
+        yield from run.draw.iterate(run, finish)
         finish()  # a sequential run over unsized loaders knows its end only here
         if self._run is run:
             self._run = None

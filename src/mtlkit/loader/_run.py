@@ -7,7 +7,7 @@ frees the inner iterators (and their worker processes) at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,11 +57,15 @@ class LoaderSpec:
 
 
 class DrawState(Protocol):
-    """What a run needs of its mode instance (see :mod:`mtlkit.loader._modes`)."""
+    """What a run needs of its mode instance (one of :mod:`mtlkit.loader._modes`)."""
 
     def begin(self, epoch: int, step: int, state: dict[str, Any] | None = None) -> None: ...
 
     def state(self) -> dict[str, Any] | None: ...
+
+    def iterate(self, run: EpochRun, finish: Callable[[], None]) -> Iterator[Any]:
+        """The run's steps; ``finish()`` just before the epoch's last one is yielded."""
+        ...
 
 
 class EpochRun:

@@ -8,7 +8,7 @@ instead, so it reads nothing itself. Everything before the read is queued on the
 Only when something is not finite does the step read again: it then tells a non-finite loss
 (every managed gradient set to NaN, so a ``GradScaler`` skips the step) from a non-finite
 gradient (the plain sum written, overflow included) from a Gramian that overflowed its working
-precision although every gradient is finite (recomputed exactly in float64, then combined).
+precision although every gradient is finite (recomputed in float64, then combined).
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ class Combiner:
         self.weighting = weighting
         self.mean = mean
         self.on_host = bool(getattr(weighting, "on_host", False))
-        self._stateful = type(weighting).state_dict is not Weighting.state_dict
+        self._unscale: torch.Tensor | None = None
+        self._stateful = (isinstance(weighting, Weighting)
+                          and type(weighting).state_dict is not Weighting.state_dict)
 
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
         t = gramian.shape[0]
@@ -92,10 +94,16 @@ class Combiner:
         return _safe(weights / t if self.mean else weights, gramian)
 
     def __call__(self, grads: TaskGradients, shared: Sequence[bool], tasks: Sequence[str],
-                 loss_ok: torch.Tensor, accumulate: bool, sync: SurgerySync) -> Outcome:
-        """Write the combination into ``grads``' combined buffers and say what was seen."""
+                 loss_ok: torch.Tensor, accumulate: bool, sync: SurgerySync,
+                 loss_scale: torch.Tensor | None = None) -> Outcome:
+        """Write the combination into ``grads``' combined buffers and say what was seen.
+
+        ``loss_scale``: the factor the losses were multiplied by (a ``GradScaler``'s scale);
+        the weighting then sees the Gramian of the unscaled gradients.
+        """
         t = len(tasks)
-        gramian = grads.gramian(shared, t)
+        self._unscale = None if loss_scale is None else loss_scale.to(grads.device).double() ** -2
+        gramian = self._gramian(grads, shared, t, exact=False)
         weights = snapshot = None
         if not self.on_host:  # queue the weights and the combination before the one read
             if self._stateful:  # restored if the step turns out not finite
@@ -112,6 +120,11 @@ class Combiner:
         if self.on_host:
             return self._finish_on_host(grads, shared, t, seen.gramian, accumulate, sync)
         return self._checked(Outcome(seen.gramian, seen.weights, True))
+
+    def _gramian(self, grads: TaskGradients, shared: Sequence[bool], t: int,
+                 exact: bool) -> torch.Tensor:
+        gramian = grads.gramian(shared, t, exact=exact)
+        return gramian if self._unscale is None else gramian * self._unscale
 
     def _finish_on_host(self, grads: TaskGradients, shared: Sequence[bool], t: int,
                         gramian: torch.Tensor, accumulate: bool, sync: SurgerySync) -> Outcome:
@@ -140,7 +153,7 @@ class Combiner:
             bad = tuple(n for n, ok in zip(tasks, seen.loss_ok, strict=True) if not ok)
             return Outcome(seen.gramian, ones, False, bad, bad_losses=True)
         rows_ok = grads.rows_finite(shared, t).tolist()
-        gramian = grads.gramian(shared, t, exact=True) if all(rows_ok) else None
+        gramian = self._gramian(grads, shared, t, exact=True) if all(rows_ok) else None
         if gramian is None or not bool(torch.isfinite(gramian).all()):
             if all(rows_ok):
                 logger.warning("the Gramian overflows float64 although every gradient is finite:"

@@ -75,6 +75,21 @@ def check_shared_params(shared: list[torch.Tensor], param_groups: Sequence[Mappi
             )
 
 
+def check_parameters(weighting: AnyWeighting, explicit: list[torch.Tensor] | None,
+                     param_groups: Sequence[Mapping]) -> None:
+    """Explicit shared parameters for a Gramian weighting; owned parameters for a loss one."""
+    if weighting.requires_gramian:
+        if explicit is not None:
+            check_shared_params(explicit, param_groups)
+        return
+    if explicit is not None:
+        raise ValueError(
+            "shared_params: expected None with a loss weighting (it combines no per-task "
+            f"gradients), got {len(explicit)} parameter(s)"
+        )
+    check_owned(weighting, param_groups)
+
+
 def check_owned(weighting: torch.nn.Module, param_groups: Sequence[Mapping]) -> None:
     """A loss weighting's own parameters must be updated by the wrapped optimizer."""
     in_groups = group_param_ids(param_groups)

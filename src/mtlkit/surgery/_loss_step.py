@@ -26,6 +26,7 @@ def loss_step(
     mean: bool,
     sync: SurgerySync,
     retain_graph: bool | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> SurgeryStats:
     """Backpropagate ``weighting(losses)`` (divided by T for ``mean``) once.
 
@@ -37,6 +38,7 @@ def loss_step(
         mean: ``reduction="mean"``.
         sync: The optimizer's synchroniser.
         retain_graph: Passed to ``backward``.
+        scaler: Multiplies the weighted loss before the backward (the weights are unscaled).
 
     Returns:
         The stats; ``weights`` are the derivatives of the weighted loss by each loss.
@@ -55,10 +57,14 @@ def loss_step(
         )
     if mean:
         total = total / len(names)
+    scale = None if scaler is None else scaler.scale(torch.ones((), device=losses.device))
     if total.requires_grad:
-        total.reshape(()).backward(retain_graph=retain_graph)
+        (total if scale is None else total * scale).reshape(()).backward(
+            retain_graph=retain_graph)
     sync.share_loss_gradients(names, params)
     weights = captured[0] if captured else torch.zeros_like(losses)
+    if scale is not None:
+        weights = weights / scale
     host = torch.cat([loss_ok.to(torch.float64), weights.detach().to(torch.float64)]).cpu()
     ok = (host[: len(names)] > 0.5).tolist()  # the step's one host synchronisation is above
     bad = tuple(n for n, good in zip(names, ok, strict=True) if not good)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SurgeryStats", "cosine_and_conflicts"]
+__all__ = ["SurgeryStats", "cosine_and_conflicts", "describe"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,19 @@ def cosine_and_conflicts(gramian: torch.Tensor) -> tuple[torch.Tensor, int]:
     upper = torch.triu(torch.ones_like(gramian, dtype=torch.bool), diagonal=1)
     conflicts = int(((gramian < 0) & (outer > 0) & upper).sum())
     return cosine.float(), conflicts
+
+
+def describe(stats: SurgeryStats) -> str:
+    """One log line: conflicts, weights and cosines.
+
+    Example:
+        >>> describe(SurgeryStats(("a", "b"), torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), 1,
+        ...                       torch.tensor([1.5, 1.25]), True))
+        '1 conflicting pair(s) of 2 tasks; weights [1.5, 1.25]; cosines [[1.0, -0.5], [-0.5, 1.0]]'
+    """
+    cosines = None if stats.cosine is None else [
+        [round(c, 3) for c in row] for row in stats.cosine.tolist()
+    ]
+    weights = [round(w, 4) for w in stats.weights.tolist()]
+    return (f"{stats.num_conflicts} conflicting pair(s) of {len(stats.tasks)} tasks; "
+            f"weights {weights}; cosines {cosines}")

@@ -1,12 +1,16 @@
-"""One step of per-task backwards, from the first ``task_backward`` to ``combine``."""
+"""One step of per-task backwards, from the first ``task_backward`` to ``combine``, and the
+recorder that opens, fills and closes such steps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from mtlkit.surgery._buffer import TaskGradients
+from mtlkit.surgery._inputs import finite_flag
+from mtlkit.surgery._reach import ReachRecorder
 
 
 @dataclass
@@ -44,3 +48,64 @@ class Step:
         for p, n, had_grad in zip(self.grads.params, reach, had, strict=True):
             if n == 0 and not had_grad:
                 p.grad = None  # no task reached it: leave it as plain backward would
+
+
+class StepRecorder:
+    """Per-task backwards into the task-gradient buffers: the layout, the hooks, the open step.
+
+    Args:
+        explicit: The explicit shared parameters, or ``None`` to detect them (then every
+            trainable parameter is buffered, the last step's shared ones first).
+    """
+
+    def __init__(self, explicit: list[torch.Tensor] | None) -> None:
+        self.explicit = explicit
+        self.auto_shared: set[int] = set()
+        """Ids of the parameters detected as shared in the latest step."""
+        self.grads: TaskGradients | None = None
+        self.pending: Step | None = None
+        self._reach = ReachRecorder()
+
+    def record(self, name: str, loss: torch.Tensor, retain_graph: bool,
+               trainable: Callable[[], list[torch.Tensor]],
+               scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Backpropagate one task's loss (times ``scale``) into its row of the open step."""
+        if self.pending is None:
+            self.pending = Step.begin(self._layout(trainable))
+        step = self.pending
+        if name in step.tasks:
+            raise ValueError(
+                f"task: expected a task not yet backpropagated in this step, got {name!r} "
+                "already backpropagated"
+            )
+        row = len(step.tasks)
+        step.grads.ensure_rows(row + 1)
+        step.grads.route_grads_to_row(row)
+        with self._reach.recording() as reached:
+            if loss.requires_grad:
+                (loss if scale is None else scale(loss)).backward(retain_graph=retain_graph)
+        step.tasks.append(name)
+        step.reached.append(reached)
+        step.loss_ok.append(finite_flag(loss, step.grads.device))
+
+    def take(self) -> Step | None:
+        """The open step, closed (``None`` when no task was recorded)."""
+        step, self.pending = self.pending, None
+        return step if step is not None and step.tasks else None
+
+    def abort(self) -> None:
+        """Close the open step and give the managed parameters their earlier gradients."""
+        step, self.pending = self.pending, None
+        if step is not None:
+            step.abort()
+
+    def _layout(self, trainable: Callable[[], list[torch.Tensor]]) -> TaskGradients:
+        if self.explicit is not None:
+            params = self.explicit
+        else:
+            # Shared parameters first: each group's Gramian is then one product over one block.
+            params = sorted(trainable(), key=lambda p: id(p) not in self.auto_shared)
+        if self.grads is None or self.grads.key != [id(p) for p in params]:
+            self.grads = TaskGradients(params)
+            self._reach.watch(self.grads.params)
+        return self.grads

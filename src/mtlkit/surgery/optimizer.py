@@ -16,22 +16,18 @@ from typing import Any, Literal
 import torch
 from torch.optim import Optimizer
 
-from mtlkit.surgery._buffer import TaskGradients
 from mtlkit.surgery._collectives import Sync
 from mtlkit.surgery._combine import Combiner
 from mtlkit.surgery._graph import graphs_needing_retention
 from mtlkit.surgery._inputs import (
     as_named_losses,
-    check_owned,
-    check_shared_params,
-    finite_flag,
+    check_parameters,
     resolve_weighting,
     unique_params,
 )
 from mtlkit.surgery._loss_step import loss_step
-from mtlkit.surgery._reach import ReachRecorder
-from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts
-from mtlkit.surgery._step import Step
+from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts, describe
+from mtlkit.surgery._step import StepRecorder
 from mtlkit.surgery._sync import SurgerySync
 from mtlkit.surgery._wrapper import _WrappedOptimizer
 
@@ -76,6 +72,12 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             ``"none"``: no communication, the caller synchronises.
         process_group: The group to synchronise over (``None``: the default group).
         log_stats: Log each step's conflicts and cosines at INFO level.
+        grad_scaler: A ``torch.amp.GradScaler`` to apply for you: pass the *unscaled* losses,
+            each task's backward runs on the scaled loss and the weighting sees the Gramian of
+            the unscaled gradients; then ``grad_scaler.step(opt)`` as usual. Needed for
+            weightings that change with a common scale of the gradients (Nash-MTL, FairGrad,
+            a norm-based one). Without it, scaled losses passed in are fine for weightings
+            that ignore that scale (PCGrad, UPGrad, MGDA, Mean, Sum).
 
     One step reads the device once (the Gramian, the weights and the loss finiteness flags in
     one copy); a weighting whose ``on_host`` attribute is true (PCGrad) is handed that host
@@ -112,7 +114,14 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         sync: Sync = "tasks",
         process_group: Any = None,
         log_stats: bool = False,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(
+                "grad_scaler: expected a torch.amp.GradScaler or None, "
+                f"got {type(grad_scaler).__name__}"
+            )
+        self.grad_scaler = grad_scaler
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, MultiTaskOptimizer):
             raise TypeError(
                 "optimizer: expected a torch.optim.Optimizer to wrap, "
@@ -128,21 +137,10 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         self.sync: Sync = sync
         self.log_stats = log_stats
         self._explicit = None if shared_params is None else unique_params(shared_params)
-        if self.weighting.requires_gramian:
-            if self._explicit is not None:
-                check_shared_params(self._explicit, self.param_groups)
-            self._combiner = Combiner(self.weighting, reduction == "mean")
-        else:
-            if self._explicit is not None:
-                raise ValueError(
-                    "shared_params: expected None with a loss weighting (it combines no "
-                    f"per-task gradients), got {len(self._explicit)} parameter(s)"
-                )
-            check_owned(self.weighting, self.param_groups)
-        self._reach = ReachRecorder()
-        self._grads: TaskGradients | None = None
-        self._auto_shared: set[int] = set()
-        self._step: Step | None = None
+        check_parameters(self.weighting, self._explicit, self.param_groups)
+        self._combiner = Combiner(self.weighting, reduction == "mean")
+        self._scale = None if grad_scaler is None else grad_scaler.scale
+        self._steps = StepRecorder(self._explicit)
         self._nonfinite: tuple[str, ...] = ()
         self.last_stats: SurgeryStats | None = None
         """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
@@ -155,14 +153,14 @@ class MultiTaskOptimizer(_WrappedOptimizer):
 
     # ----------------------------------------------------------------- _WrappedOptimizer hooks
     def _params_changed(self) -> None:
-        self._grads = None
+        self._steps.grads = None
 
     def _drop_pending(self) -> None:
-        self._step = None
+        self._steps.pending = None
         self._nonfinite = ()
 
     def _check_ready(self) -> None:
-        if self._step is not None:
+        if self._steps.pending is not None:
             raise RuntimeError(
                 f"{type(self).__name__}.step(): call combine() after task_backward() and "
                 "before step()"
@@ -228,7 +226,7 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             (tensor([0.5000, 1.5000]), 1)
         """
         names, tensors = as_named_losses(losses)
-        if self._step is not None:
+        if self._steps.pending is not None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward(): task_backward() calls are waiting for "
                 "combine()"
@@ -236,15 +234,15 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         if not self.weighting.requires_gramian:
             params = self._trainable()
             stats = loss_step(self.weighting, names, tensors, params, self.reduction == "mean",
-                              self._sync, retain_graph)
+                              self._sync, retain_graph, self.grad_scaler)
             return self._record(stats, stats.nonfinite)
         retain = (graphs_needing_retention(tensors) if retain_graph is None
                   else [retain_graph] * len(tensors))
         try:
             for name, loss, keep in zip(names, tensors, retain, strict=True):
-                self._task_backward(name, loss, keep)
+                self._steps.record(name, loss, keep, self._trainable, self._scale)
         except BaseException:
-            self._abort()
+            self._steps.abort()
             raise
         return self.combine()
 
@@ -274,10 +272,10 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             )
         names, tensors = as_named_losses({task: loss})
         try:
-            self._task_backward(names[0], tensors[0], retain_graph)
+            self._steps.record(names[0], tensors[0], retain_graph, self._trainable, self._scale)
         except BaseException:
-            if self._step is not None and not self._step.tasks:
-                self._abort()  # nothing recorded yet: leave no pending step behind
+            if self._steps.pending is not None and not self._steps.pending.tasks:
+                self._steps.abort()  # nothing recorded yet: leave no pending step behind
             raise
 
     def combine(self) -> SurgeryStats:
@@ -295,11 +293,11 @@ class MultiTaskOptimizer(_WrappedOptimizer):
             >>> opt.combine().num_conflicts
             0
         """
-        if self._step is None or not self._step.tasks:
+        step = self._steps.take()
+        if step is None:
             raise RuntimeError(
                 f"{type(self).__name__}.combine(): no task_backward() since the last step"
             )
-        step, self._step = self._step, None
         grads = step.grads
         reached, had = self._sync.share_task_gradients(
             step.tasks, grads, step.reach_matrix(), step.had_grad, self.param_groups
@@ -307,11 +305,14 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         reach = [sum(r[k] for r in reached) for k in range(len(grads.params))]
         shared = [True] * len(reach) if self._explicit is not None else [n >= 2 for n in reach]
         loss_ok = torch.stack(step.loss_ok)
-        outcome = self._combiner(grads, shared, step.tasks, loss_ok, step.accumulate, self._sync)
+        scale = None if self._scale is None else self._scale(torch.ones((), device=grads.device))
+        outcome = self._combiner(grads, shared, step.tasks, loss_ok, step.accumulate, self._sync,
+                                 scale)
         self._sync.share_combined(grads)
         step.publish(reach, had)
         if self._explicit is None:
-            self._auto_shared = {id(p) for p, s in zip(grads.params, shared, strict=True) if s}
+            self._steps.auto_shared = {id(p) for p, s in zip(grads.params, shared, strict=True)
+                                       if s}
         cosine, conflicts = cosine_and_conflicts(outcome.gramian)
         return self._record(SurgeryStats(
             tuple(step.tasks), cosine, conflicts, outcome.weights.float(), outcome.finite,
@@ -323,51 +324,8 @@ class MultiTaskOptimizer(_WrappedOptimizer):
         self._nonfinite = self._nonfinite or bad_losses  # step() raises until zero_grad()
         self.last_stats = stats
         if self.log_stats:
-            cosines = None if stats.cosine is None else [
-                [round(c, 3) for c in r] for r in stats.cosine.tolist()
-            ]
-            logger.info("%s: %s conflicting pair(s) of %d tasks; weights %s; cosines %s",
-                        type(self.weighting).__name__, stats.num_conflicts, len(stats.tasks),
-                        [round(w, 4) for w in stats.weights.tolist()], cosines)
+            logger.info("%s: %s", type(self.weighting).__name__, describe(stats))
         return stats
 
     def _trainable(self) -> list[torch.Tensor]:
         return unique_params(p for g in self.param_groups for p in g["params"] if p.requires_grad)
-
-    def _task_backward(self, name: str, loss: torch.Tensor, retain_graph: bool) -> None:
-        step = self._begin_step()
-        if name in step.tasks:
-            raise ValueError(
-                f"task: expected a task not yet backpropagated in this step, got {name!r} "
-                "already backpropagated"
-            )
-        row = len(step.tasks)
-        step.grads.ensure_rows(row + 1)
-        step.grads.route_grads_to_row(row)
-        with self._reach.recording() as reached:
-            if loss.requires_grad:
-                loss.backward(retain_graph=retain_graph)
-        step.tasks.append(name)
-        step.reached.append(reached)
-        step.loss_ok.append(finite_flag(loss, step.grads.device))
-
-    def _begin_step(self) -> Step:
-        if self._step is None:
-            self._step = Step.begin(self._layout())
-        return self._step
-
-    def _abort(self) -> None:
-        if self._step is not None:
-            step, self._step = self._step, None
-            step.abort()
-
-    def _layout(self) -> TaskGradients:
-        if self._explicit is not None:
-            params = self._explicit
-        else:
-            # Shared parameters first: each group's Gramian is then one product over one block.
-            params = sorted(self._trainable(), key=lambda p: id(p) not in self._auto_shared)
-        if self._grads is None or self._grads.key != [id(p) for p in params]:
-            self._grads = TaskGradients(params)
-            self._reach.watch(self._grads.params)
-        return self._grads

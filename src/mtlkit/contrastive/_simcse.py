@@ -18,66 +18,14 @@ a typo, and the standard form above (SimCSE's code, sentence-transformers'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkit._distributed import all_gather_with_grad, get_rank, get_world_size, is_distributed
-from mtlkit._pair_mining import ContrastivePair, group_ids, mine_pairs, unsupervised_pairs
-
-__all__ = [
-    "ContrastivePair",
-    "SimCSELoss",
-    "group_ids",
-    "info_nce",
-    "mine_pairs",
-    "unsupervised_pairs",
-]
-
-
-def _check_options(temperature: object, hard_negative_weight: object) -> None:
-    options = (("temperature", temperature), ("hard_negative_weight", hard_negative_weight))
-    for name, value in options:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-    if not temperature > 0:  # type: ignore[operator]
-        raise ValueError(f"temperature must be positive, got {temperature}")
-
-
-def _check_embeddings(name: str, z: object, like: torch.Tensor | None) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-    if z.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
-    if not z.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
-    if like is not None and z.shape != like.shape:
-        raise ValueError(
-            f"{name} must have the same shape as z1 {tuple(like.shape)}, got {tuple(z.shape)}"
-        )
-    return z
-
-
-def _check_ids(ids: object, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(ids, torch.Tensor):
-        tensor = ids
-    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        try:
-            tensor = torch.as_tensor(list(ids))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"ids must be integers, got {ids!r:.80}") from err
-    else:
-        raise TypeError(f"ids must be a tensor or a sequence of ints, got {type(ids).__name__}")
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"ids must hold integers, got {tensor.dtype}")
-    if tensor.shape != (batch,):
-        raise ValueError(f"ids must have shape ({batch},), one per row, got {tuple(tensor.shape)}")
-    return tensor.to(device=device, dtype=torch.long)
+from mtlkit._distributed import all_gather_with_grad, get_rank, get_world_size
+from mtlkit.contrastive._checks import check_call, check_ids, check_options, raise_non_finite
 
 
 def _gather_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -144,7 +92,9 @@ def info_nce(
     Raises:
         TypeError: Non-tensor or non-floating embeddings, non-integer ids.
         ValueError: Shape mismatch, empty batch, a single candidate (batch of 1 without
-            negatives), non-positive temperature, a hard-negative weight without ``z3``.
+            negatives), non-positive temperature, a hard-negative weight without ``z3``,
+            NaN or infinite embeddings (checked through the loss: one host synchronization
+            per call).
 
     Example:
         >>> import torch
@@ -153,47 +103,22 @@ def info_nce(
         >>> round(info_nce(z, z, temperature=1.0).item(), 4)  # log(1 + 3 / e)
         0.7437
     """
-    _check_options(temperature, hard_negative_weight)
-    z1 = _check_embeddings("z1", z1, None)
-    z2 = _check_embeddings("z2", z2, z1)
-    if z3 is not None:
-        z3 = _check_embeddings("z3", z3, z1)
-    elif hard_negative_weight != 0.0:
-        raise ValueError("hard_negative_weight needs hard negatives z3")
+    world = check_call(z1, z2, z3, ids, temperature, hard_negative_weight, gather_across_ranks)
     batch = z1.shape[0]
-    if batch == 0:
-        raise ValueError("z1 is an empty batch")
-    id_tensor = None if ids is None else _check_ids(ids, batch, z1.device)
-
-    world = get_world_size() if gather_across_ranks else 1
-    if gather_across_ranks and not is_distributed():
-        world = 1
-    n_candidates = world * batch * (1 if z3 is None else 2)
-    if n_candidates < 2:
-        raise ValueError(
-            "a batch of 1 without hard negatives has no negatives to contrast against: "
-            "pass z3, a larger batch, or gather_across_ranks under torch.distributed"
-        )
-
-    a1 = F.normalize(z1, dim=-1)
-    a2 = F.normalize(z2, dim=-1)
+    id_tensor = None if ids is None else check_ids(ids, batch, z1.device)
+    a1, a2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    a3 = None if z3 is None else F.normalize(z3, dim=-1)
     if world > 1:
-        c2 = all_gather_with_grad(a2)
-        c3 = None if z3 is None else all_gather_with_grad(F.normalize(z3, dim=-1))
         c1 = all_gather_with_grad(a1) if symmetric else None
+        c2 = all_gather_with_grad(a2)
+        c3 = None if a3 is None else all_gather_with_grad(a3)
         all_ids = None if id_tensor is None else _gather_ids(id_tensor)
         offset = get_rank() * batch
     else:
-        c1, c2 = None, a2
-        c3 = None if z3 is None else F.normalize(z3, dim=-1)
-        all_ids = id_tensor
-        offset = 0
+        c1, c2, c3, all_ids, offset = None, a2, a3, id_tensor, 0
 
     candidates = c2 if c3 is None else torch.cat([c2, c3])
-    logits = a1 @ candidates.T
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    logits = logits / temperature
+    logits = _to_float32_if_half(a1 @ candidates.T) / temperature
     rows = torch.arange(batch, device=z1.device)
     targets = rows + offset
     if hard_negative_weight != 0.0:
@@ -201,14 +126,16 @@ def info_nce(
         logits = logits.index_put((rows, c2.shape[0] + targets), bonus, accumulate=True)
     loss = _direction_loss(logits, targets, id_tensor, all_ids)
     if symmetric:
-        if c1 is None:  # one process: the reverse logits are a block of the forward ones
-            back = logits[:, :batch].T
-        else:
-            back = a2 @ c1.T
-            back = (back.float() if back.dtype in (torch.float16, torch.bfloat16) else back)
-            back = back / temperature
+        # one process: the reverse logits are a block of the forward ones
+        back = logits[:, :batch].T if c1 is None else _to_float32_if_half(a2 @ c1.T) / temperature
         loss = (loss + _direction_loss(back, targets, id_tensor, all_ids)) / 2
+    if not bool(torch.isfinite(loss.detach())):  # one host sync; diagnose only on failure
+        raise_non_finite(z1, z2, z3, temperature)
     return loss
+
+
+def _to_float32_if_half(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 class SimCSELoss(nn.Module):
@@ -251,7 +178,7 @@ class SimCSELoss(nn.Module):
         gather_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(temperature, hard_negative_weight)
+        check_options(temperature, hard_negative_weight)
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
         self.hard_negative_weight = float(hard_negative_weight)

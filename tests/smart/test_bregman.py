@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlkit import BregmanProximal
-from mtlkit.smart import _divergence
+from mtlkit.smart import functional
 
 torch.set_num_threads(1)
 
@@ -104,11 +104,39 @@ def test_larger_mu_keeps_the_model_closer_to_the_teacher():
     assert train(mu=1.0) < 0.5 * train(mu=0.0)
 
 
-def test_regression_kind_and_penalty():
+def test_regression_penalty_is_mu_times_the_mean_squared_error():
     net = torch.nn.Linear(2, 1)
-    prox = BregmanProximal(net, kind="regression", mu=1.0)
-    a, b = torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [0.0]])
-    assert prox.penalty(a, b).item() == pytest.approx(_divergence("regression", a, b).item())
+    prox = BregmanProximal(net, kind="regression", mu=3.0)
+    a, b = torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [-1.0]])
+    assert prox.penalty(a, b).item() == pytest.approx(3.0 * (1.0**2 + 3.0**2) / 2)
+
+
+def test_binary_penalty_is_the_bernoulli_symmetric_kl_and_single_logits_need_it():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    prox = BregmanProximal(net, kind="binary", mu=0.5)
+    with torch.no_grad():
+        prox.teacher.weight.add_(0.5)
+    x = torch.randn(5, 4)
+    out, teacher = net(x).squeeze(-1), prox.teacher(x).squeeze(-1)
+    p, q = torch.sigmoid(out.double()), torch.sigmoid(teacher.double())
+    kl = lambda u, v: u * (u / v).log() + (1 - u) * ((1 - u) / (1 - v)).log()  # noqa: E731
+    ref = 0.5 * (kl(p, q) + kl(q, p)).mean()
+    got = prox.penalty(out, teacher)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5) and got.item() > 0
+    with pytest.raises(ValueError, match="kind: expected 'binary'"):
+        BregmanProximal(net)(net(x), x)  # classification on one logit per example
+
+
+def test_module_penalty_equals_the_functional_form():
+    torch.manual_seed(1)
+    net = torch.nn.Linear(4, 3)
+    prox = BregmanProximal(net, mu=1.5)
+    with torch.no_grad():
+        prox.teacher.bias.add_(1.0)
+    x = torch.randn(6, 4)
+    want = functional.bregman_penalty(net(x), prox.teacher(x), mu=1.5)
+    assert prox(net(x), x).item() == want.item() > 0
 
 
 def test_validation():

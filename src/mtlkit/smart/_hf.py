@@ -64,16 +64,23 @@ def hf_smart_inputs(
         True
     """
     if not isinstance(encoder, nn.Module):
-        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        raise TypeError(f"encoder: expected a torch.nn.Module, got {type(encoder).__name__}")
     if not callable(head):
-        raise TypeError(f"head must be callable, got {type(head).__name__}")
+        raise TypeError(f"head: expected a callable, got {type(head).__name__}")
     if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.long, torch.int):
-        raise TypeError("input_ids must be an integer torch.Tensor of token ids")
+        got = input_ids.dtype if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise TypeError(f"input_ids: expected an integer torch.Tensor of token ids, got {got}")
     if "inputs_embeds" in encoder_kwargs or "input_ids" in encoder_kwargs:
-        raise ValueError("pass input_ids positionally; inputs_embeds is built by this helper")
+        raise ValueError(
+            "encoder_kwargs: expected no inputs_embeds or input_ids (pass input_ids positionally; "
+            f"this helper builds inputs_embeds), got {sorted(encoder_kwargs)}"
+        )
     get_embeddings = getattr(encoder, "get_input_embeddings", None)
     if get_embeddings is None:
-        raise TypeError("encoder must have get_input_embeddings() (a transformers PreTrainedModel)")
+        raise TypeError(
+            "encoder: expected a model with get_input_embeddings() (a transformers "
+            f"PreTrainedModel), got {type(encoder).__name__}"
+        )
     kwargs = dict(encoder_kwargs)
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask

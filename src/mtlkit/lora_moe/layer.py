@@ -1,4 +1,4 @@
-"""Private routing helpers for :class:`mtlkit.LoRAMoE`.
+"""The routing layer of :class:`mtlkit.LoRAMoE` (peft's ``layer`` role): experts per sample.
 
 peft stores the experts (one LoRA adapter per task) and merges them; the routing lives here. Each
 peft LoRA layer runs with its adapters disabled (so it returns the frozen base layer's output) and a
@@ -52,34 +52,37 @@ def build_route(
     """
     if isinstance(task, str):
         if task not in tasks:
-            raise ValueError(f"task: unknown task {task!r}; known tasks are {list(tasks)}")
+            raise ValueError(f"task: expected one of {list(tasks)}, got unknown task {task!r}")
         return Route(None, ((task, None),))
     if isinstance(task, torch.Tensor):
         if task.dim() != 1 or task.dtype in (torch.bool,) or task.is_floating_point():
-            raise TypeError("task: a tensor routing must be a 1-D integer tensor of task indices")
+            raise TypeError(
+                "task: expected a 1-D integer tensor of task indices, got dtype "
+                f"{task.dtype} and shape {tuple(task.shape)}"
+            )
         bad = (task < 0) | (task >= len(tasks))
         if bool(bad.any()):
             raise ValueError(
-                f"task: task indices must lie in [0, {len(tasks)}), got {task.tolist()}"
+                f"task: expected task indices in [0, {len(tasks)}), got {task.tolist()}"
             )
         names = [tasks[i] for i in task.tolist()]
     elif isinstance(task, Sequence):
         names = list(task)
         for name in names:
             if not isinstance(name, str):
-                raise TypeError(f"task: a routing sequence holds task names (str), got {name!r}")
+                raise TypeError(f"task: expected a sequence of task names (str), got {name!r}")
             if name not in tasks:
-                raise ValueError(f"task: unknown task {name!r}; known tasks are {list(tasks)}")
+                raise ValueError(f"task: expected one of {list(tasks)}, got unknown task {name!r}")
     else:
         raise TypeError(
             f"task: expected a task name, a sequence of task names or an index tensor, "
             f"got {type(task).__name__}"
         )
     if not names:
-        raise ValueError("task: the routing sequence is empty")
+        raise ValueError("task: expected one task name per sample, got an empty sequence")
     if batch_size is not None and len(names) != batch_size:
         raise ValueError(
-            f"task: the routing has {len(names)} entries but the batch has {batch_size} samples"
+            f"task: expected one entry per sample ({batch_size}), got {len(names)} entries"
         )
     if len(set(names)) == 1:
         # One expert for every sample: the cheap whole-batch path, same numbers.
@@ -99,12 +102,12 @@ def expert_delta(layer: nn.Module, task: str, x: torch.Tensor) -> torch.Tensor:
     return layer.lora_B[task](lora_a(layer.lora_dropout[task](x))) * layer.scaling[task]
 
 
-def task_routed_output(layer: nn.Module, route: Route, x: torch.Tensor, out: torch.Tensor):
+def routed_output(layer: nn.Module, route: Route, x: torch.Tensor, out: torch.Tensor):
     """Adds each group's expert update to its rows of ``out`` (out of place, so autograd-safe)."""
     if route.batch_size is not None and x.shape[0] != route.batch_size:
         raise ValueError(
-            f"task: the routing has {route.batch_size} entries but a LoRA layer saw a batch of "
-            f"{x.shape[0]}; per-sample routing needs the batch on dim 0 of every adapted layer"
+            f"task: expected {route.batch_size} samples on dim 0 of every adapted layer (one "
+            f"routing entry each), got a LoRA layer input of batch {x.shape[0]}"
         )
     for task, rows in route.groups:
         if rows is None:
@@ -115,68 +118,28 @@ def task_routed_output(layer: nn.Module, route: Route, x: torch.Tensor, out: tor
     return out
 
 
-def topk_routed_output(
-    layer: nn.Module,
-    router: nn.Linear,
-    tasks: Sequence[str],
-    k: int,
-    x: torch.Tensor,
-    out: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level top-k mixture of the experts, and this layer's load-balancing loss.
-
-    Router probabilities ``p = softmax(W_r x)``; the ``k`` largest are renormalized to sum to one
-    (Mixtral) and weight their experts' updates. The auxiliary loss is Switch Transformer's
-    ``E * sum_e f_e P_e``, with ``f_e`` the fraction of top-k slots given to expert ``e`` and
-    ``P_e`` its mean router probability, over every position of the batch (padding included).
-    Every expert is computed densely and masked: simple and exact, not FLOP-optimal.
-    """
-    probs = torch.softmax(router(x.to(router.weight.dtype)).float(), dim=-1)
-    top_p, top_i = probs.topk(k, dim=-1)
-    top_p = top_p / top_p.sum(dim=-1, keepdim=True)
-    n_experts = len(tasks)
-    gates = torch.zeros_like(probs).scatter(-1, top_i, top_p)
-    for e, task in enumerate(tasks):
-        out = out + (gates[..., e : e + 1] * expert_delta(layer, task, x).float()).to(out.dtype)
-    counts = torch.zeros_like(probs).scatter(-1, top_i, 1.0)
-    frac = counts.reshape(-1, n_experts).mean(0) / k
-    mean_p = probs.reshape(-1, n_experts).mean(0)
-    return out, n_experts * (frac * mean_p).sum()
-
-
 class RoutingState:
-    """What the hooks of one mixture share: the current route and the top-k router's losses.
+    """The route of the current forward pass, shared by the hooks of one mixture.
 
     Kept in a plain object (not a closure) so that ``copy.deepcopy`` of a mixture gives the copy's
     hooks the copy's state.
     """
 
-    def __init__(self, tasks: Sequence[str], top_k: int, routers: nn.ModuleList | None) -> None:
-        self.tasks = list(tasks)
-        self.top_k = top_k
-        self.routers = routers  # None with task routing
+    def __init__(self) -> None:
         self.route: Route | None = None
-        self.aux: list[torch.Tensor] = []
 
 
 class RoutingHook:
     """Forward hook of one peft LoRA layer: adds the routed experts' updates to its output."""
 
-    def __init__(self, state: RoutingState, index: int) -> None:
+    def __init__(self, state: RoutingState) -> None:
         self.state = state
-        self.index = index
 
     def __call__(self, layer: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        state = self.state
-        if state.route is None:  # called outside LoRAMoE.forward: the bare base layer
+        route = self.state.route
+        if route is None:  # called outside LoRAMoE.forward: the bare base layer
             return None
-        x = args[0]
-        if state.routers is None:
-            return task_routed_output(layer, state.route, x, out)
-        router = state.routers[self.index]
-        out, aux = topk_routed_output(layer, router, state.tasks, state.top_k, x, out)
-        state.aux.append(aux)
-        return out
+        return routed_output(layer, route, args[0], out)
 
 
 def checkpointing(model: nn.Module) -> bool:

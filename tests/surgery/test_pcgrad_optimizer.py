@@ -252,7 +252,7 @@ def test_auto_detection_finds_the_parameters_two_tasks_reach():
     model = TwoHeads()
     opt = PCGrad(torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     opt.backward(model.losses(*make_batch()))
-    assert opt._auto_shared == {id(p) for p in model.body.parameters()}
+    assert opt._steps.auto_shared == {id(p) for p in model.body.parameters()}
 
 
 def test_auto_mode_equals_explicit_mode_over_steps():
@@ -380,7 +380,7 @@ def test_add_param_group_is_managed():
                  for p in head_params]
     before = [p.detach().clone() for p in [*body, *head_params]]
     opt.backward(losses)
-    assert opt._auto_shared == {id(p) for p in model.body.parameters()}
+    assert opt._steps.auto_shared == {id(p) for p in model.body.parameters()}
     torch.testing.assert_close(flat_grad(body), project(ga, gb) + project(gb, ga))
     for p, want in zip(head_params, ref_heads, strict=True):
         torch.testing.assert_close(p.grad, want)

@@ -11,7 +11,8 @@ SMART's update at iteration ``t`` minimizes
 
 with the momentum teacher
 :math:`\\tilde\\theta_t = (1-\\beta)\\theta_t + \\beta\\tilde\\theta_{t-1}` (an exponential
-moving average of the parameters). :class:`BregmanProximal` keeps that teacher.
+moving average of the parameters). :class:`BregmanProximal` keeps that teacher; the penalty is
+:func:`mtlkit.smart.functional.bregman_penalty`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.smart import _KINDS, Kind, _divergence
+from mtlkit.smart._options import Kind, check_kind, check_number
+from mtlkit.smart.functional import bregman_penalty
 
 
 class BregmanProximal(nn.Module):
@@ -42,7 +44,8 @@ class BregmanProximal(nn.Module):
         model: the module being trained.
         beta: EMA momentum in ``[0, 1)`` (SMART: 0.99).
         mu: weight of the penalty, ``>= 0`` (SMART: 1).
-        kind: the divergence, as in :class:`SmartLoss` (symmetric KL or MSE, in float32).
+        kind: the divergence, as in :class:`~mtlkit.SmartLoss` (``"classification"``,
+            ``"binary"`` for one logit per example, or ``"regression"``; in float32).
 
     Example:
         >>> import torch
@@ -66,16 +69,12 @@ class BregmanProximal(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for name, value in (("beta", beta), ("mu", mu)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
-        if not (mu >= 0.0 and mu != float("inf")):
-            raise ValueError(f"mu must be finite and >= 0, got {mu}")
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        beta = check_number("beta", beta, positive=False)
+        if not beta < 1.0:
+            raise ValueError(f"beta: expected a number in [0, 1), got {beta}")
+        check_number("mu", mu, positive=False)
+        check_kind(kind)
         self.beta, self.mu, self.kind = float(beta), float(mu), kind
         self._model = (model,)  # a tuple: not registered as a submodule
         self.teacher = copy.deepcopy(model)
@@ -88,7 +87,10 @@ class BregmanProximal(nn.Module):
     def _match(student: Any, teacher: Any) -> list[tuple[Tensor, Tensor]]:
         s, t = dict(student), dict(teacher)
         if s.keys() != t.keys():
-            raise ValueError("model and teacher have different parameter/buffer names")
+            raise ValueError(
+                "model: expected a deep copy with the same parameter and buffer names, got "
+                f"{sorted(s.keys() ^ t.keys())[:5]} in only one of them"
+            )
         return [(s[k], t[k]) for k in s]
 
     def train(self, mode: bool = True) -> BregmanProximal:
@@ -118,7 +120,9 @@ class BregmanProximal(nn.Module):
             0.5
         """
         if len(self._pairs) != len(list(self.model.parameters())):
-            raise RuntimeError("the model's parameters changed after BregmanProximal was built")
+            raise RuntimeError(
+                "model: its parameters changed after BregmanProximal was built; build a new one"
+            )
         floats = [(s, t) for s, t in self._pairs if t.is_floating_point()]
         if floats:
             teach = [t for _, t in floats]
@@ -142,13 +146,13 @@ class BregmanProximal(nn.Module):
             A non-negative float32 scalar.
         """
         if not isinstance(output, Tensor):
-            raise TypeError(f"output must be a torch.Tensor, got {type(output).__name__}")
+            raise TypeError(f"output: expected a torch.Tensor, got {type(output).__name__}")
         with torch.no_grad():
             target = self.teacher(*args, **kwargs)
         if not isinstance(target, Tensor):
             raise TypeError(
-                f"the teacher returned {type(target).__name__}, not a Tensor; use penalty() with "
-                "the tensor you extract from the teacher's output"
+                f"teacher: expected to return a torch.Tensor, got {type(target).__name__}; call "
+                "penalty() with the tensor you extract from the teacher's output"
             )
         return self.penalty(output, target)
 
@@ -162,4 +166,4 @@ class BregmanProximal(nn.Module):
             >>> prox.penalty(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])).item()
             10.0
         """
-        return self.mu * _divergence(self.kind, output, teacher_output.detach())
+        return bregman_penalty(output, teacher_output, mu=self.mu, kind=self.kind)
