@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+from transformers import TrainerState
 
 from mtlkit import MultiTaskLoader
 
@@ -62,3 +63,42 @@ def steps_to_skip(global_step: int, steps_in_epoch: int, accumulation: int) -> t
     """
     updates = max(steps_in_epoch // accumulation + int(steps_in_epoch % accumulation > 0), 1)
     return global_step // updates, (global_step % updates) * accumulation
+
+
+class CheckpointState:
+    """The checkpoint half of MultiTaskTrainer (a mixin of the Trainer subclass): the files above
+    are written with the optimizer's and read back with it."""
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            loader = None if self._stream is None else self._stream.loader
+            save_state(output_dir, loader, self._weighting)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        load_weighting_state(checkpoint, self._weighting)
+        loader_state = load_loader_state(checkpoint)
+        if loader_state is None or self._stream is None or self.args.ignore_data_skip:
+            return
+        self._restore_position(checkpoint, loader_state)
+
+    def _restore_position(self, checkpoint: str, loader_state: dict[str, Any]) -> None:
+        trainer_state = TrainerState.load_from_json(f"{checkpoint}/trainer_state.json")
+        epoch, skip = steps_to_skip(trainer_state.global_step, len(self._stream),
+                                             self.args.gradient_accumulation_steps)
+        at_end = loader_state["step"] >= len(self._stream)
+        expected = (epoch - 1, len(self._stream)) if at_end and skip == 0 else (epoch, skip)
+        if (loader_state["epoch"], loader_state["step"]) != expected:
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r}: expected a loader at epoch "
+                f"{expected[0]}, step {expected[1]} (global step {trainer_state.global_step}), "
+                f"got epoch {loader_state['epoch']}, step {loader_state['step']}: were the "
+                "datasets, batch sizes or accumulation steps changed?"
+            )
+        if at_end:
+            return  # the next epoch starts afresh
+        self._stream.loader.load_state_dict(loader_state)
+        self._stream.skip = skip

@@ -11,11 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer, TrainerState
+from transformers import Trainer
 
 import mtlkit
 from mtlkit import MultiTaskLoader
-from mtlkit.integrations import _trainer_state as state_io
 from mtlkit.integrations._trainer_checks import (
     check_batch_sizes,
     check_callables,
@@ -31,18 +30,13 @@ from mtlkit.integrations._trainer_data import (
     StepLoader,
     StepStream,
     as_task_batches,
-    concat_batches,
     task_loaders,
 )
 from mtlkit.integrations._trainer_eval import TaskEvaluation
 from mtlkit.integrations._trainer_log import TrainLog
-from mtlkit.integrations._trainer_losses import (
-    call_model,
-    check_labels,
-    loss_of,
-    smart_task_loss,
-    stack_losses,
-)
+from mtlkit.integrations._trainer_losses import call_model, check_labels, loss_of, smart_task_loss
+from mtlkit.integrations._trainer_state import CheckpointState
+from mtlkit.integrations._trainer_step import TaskSteps
 from mtlkit.weighting import LossWeighting, Weighting
 
 __all__ = ["MultiTaskTrainer"]
@@ -50,7 +44,7 @@ __all__ = ["MultiTaskTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class MultiTaskTrainer(TaskEvaluation, Trainer):
+class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
     """A ``transformers.Trainer`` over several tasks, with mtlkit's loader and weightings.
 
     Datasets are ``{task: Dataset}``. Every task gets its own DataLoader (its collator, its batch
@@ -177,19 +171,7 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         collator = None if isinstance(data_collator, Mapping) else data_collator
         super().__init__(model, args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, **kwargs)
-        declared = model_tasks(self.accelerator.unwrap_model(self.model))
-        if train_dataset is not None:
-            train_dataset = check_task_datasets(train_dataset, "train_dataset", declared)
-        self._tasks = list(train_dataset) if train_dataset is not None else (declared or [])
-        self._known_tasks = declared or self._tasks or None
-        if eval_dataset is not None:
-            self.eval_dataset = check_task_datasets(eval_dataset, "eval_dataset", self._known_tasks)
-        self.train_dataset = train_dataset
-        tasks = sorted({*self._tasks, *(self.eval_dataset or {})})
-        self._collators = check_callables(data_collator, "data_collator", tasks, None)
-        for task in tasks:
-            self._collators[task] = self._collators[task] or self.data_collator
-        self._task_metrics = check_callables(compute_metrics, "compute_metrics", tasks, None)
+        self._check_tasks(train_dataset, eval_dataset, data_collator, compute_metrics)
         self._sampling = dict(mode=sampling, temperature=temperature, weights=sampling_weights,
                               steps_per_epoch=steps_per_epoch)
         self._batch_sizes = check_batch_sizes(batch_sizes, self.args.per_device_train_batch_size,
@@ -211,6 +193,23 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         self._train_log = TrainLog(self._tasks)
         self._checked_sharing = False
         self._starts_step = True
+
+    def _check_tasks(self, train_dataset: Any, eval_dataset: Any, data_collator: Any,
+                     compute_metrics: Any) -> None:
+        """The task names, and every per-task argument checked against them."""
+        declared = model_tasks(self.accelerator.unwrap_model(self.model))
+        if train_dataset is not None:
+            train_dataset = check_task_datasets(train_dataset, "train_dataset", declared)
+        self._tasks = list(train_dataset) if train_dataset is not None else (declared or [])
+        self._known_tasks = declared or self._tasks or None
+        if eval_dataset is not None:
+            self.eval_dataset = check_task_datasets(eval_dataset, "eval_dataset", self._known_tasks)
+        self.train_dataset = train_dataset
+        tasks = sorted({*self._tasks, *(self.eval_dataset or {})})
+        self._collators = check_callables(data_collator, "data_collator", tasks, None)
+        for task in tasks:
+            self._collators[task] = self._collators[task] or self.data_collator
+        self._task_metrics = check_callables(compute_metrics, "compute_metrics", tasks, None)
 
     # ------------------------------------------------------------------ what users override
     def compute_task_loss(self, model: nn.Module, task: str, batch: Mapping[str, Any]) -> Tensor:
@@ -284,7 +283,8 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         elif self._weighting is not None:
             self._surgery = mtlkit.MultiTaskOptimizer(
                 optimizer, self._weighting, shared_params=self._shared_params,
-                reduction=self._reduction, sync=self._sync)
+                reduction=self._reduction, sync=self._sync,
+                grad_scaler=getattr(self.accelerator, "scaler", None))
             self.optimizer = self._surgery
         return self.optimizer
 
@@ -299,128 +299,6 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         if missing:
             optimizer.add_param_group({"params": missing, "weight_decay": 0.0})
 
-    # ------------------------------------------------------------------ training step
-    def training_step(self, model: nn.Module, inputs: Any,
-                      num_items_in_batch: Any = None) -> Tensor:
-        """Forward and backpropagate every task of one micro-batch; on the last micro-batch of
-        an optimizer step, combine (weighting) or average (processes) the gradients.
-
-        Returns the summed (or weighted) loss, scaled for accumulation, for the Trainer's log.
-        """
-        batches = self._prepare_inputs(as_task_batches(inputs))
-        model.train()
-        scale = 1.0 / self.current_gradient_accumulation_steps
-        last = self.accelerator.sync_gradients  # the Trainer's "last micro-batch of the step"
-        if self._starts_step and isinstance(self._weighting, LossWeighting):
-            self._weighting.zero_grad(set_to_none=True)  # the Trainer zeroes the model's only
-        self._starts_step = last
-        # DDP's reducer expects one forward per backward; a step has one per task, so DDP never
-        # syncs here and the gradients are averaged once per optimizer step below instead
-        with self.accelerator.no_sync(model):
-            losses, total = self._backward(model, batches, scale)
-        if last:
-            self._synchronize()
-        self._train_log.add("loss", losses)
-        return (total * scale).to(self.args.device)
-
-    def _backward(self, model: nn.Module, batches: dict[str, Any],
-                  scale: float) -> tuple[dict[str, Tensor], Tensor]:
-        loss_weighting = isinstance(self._weighting, LossWeighting)
-        if not (self._per_sample_routing or loss_weighting):
-            losses = {}
-            for task, batch in batches.items():  # backward after each forward: less memory
-                with self.compute_loss_context_manager():
-                    loss = self._task_loss(model, task, batch)
-                self._backward_task(task, loss * scale)
-                losses[task] = loss.detach()
-            return losses, _sum(losses)
-        with self.compute_loss_context_manager():
-            losses = self._step_losses(model, batches)
-            total = self._weighted_loss(losses) if loss_weighting else None
-        detached = {t: v.detach() for t, v in losses.items()}
-        if total is None and self._surgery is None:
-            total = _sum(losses)  # one backward through the shared graph of the routed forward
-        if total is not None:
-            self.accelerator.backward(total * scale)
-            return detached, total.detach()
-        items = list(losses.items())
-        for i, (task, loss) in enumerate(items):
-            self._backward_task(task, loss * scale, retain_graph=i < len(items) - 1)
-        return detached, _sum(detached)
-
-    def _weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
-        """The loss weighting applied to the step's losses, at their global-batch values.
-
-        Under several processes the weighting sees the mean of the ranks' losses (its state then
-        evolves identically everywhere) while each rank's gradient flows through its own loss:
-        after the gradient average this is the weighting of the global batch.
-        """
-        stacked = stack_losses(losses, list(losses))
-        if self.args.world_size > 1:
-            mean = self.accelerator.reduce(stacked.detach().clone(), reduction="mean")
-            stacked = stacked + (mean - stacked.detach())
-        total = self._weighting(stacked)
-        return total / len(losses) if self._reduction == "mean" else total
-
-    def _backward_task(self, task: str, loss: Tensor, retain_graph: bool = False) -> None:
-        if self._surgery is None:
-            self.accelerator.backward(loss, retain_graph=retain_graph)
-            return
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            loss = scaler.scale(loss)
-        self._surgery.task_backward(task, loss, retain_graph=retain_graph)
-
-    def _synchronize(self) -> None:
-        if self._surgery is not None:
-            self._record_surgery(self._surgery.combine())  # syncs the ranks itself
-        elif self.args.world_size > 1:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            mtlkit.average_gradients([p for p in params if p.requires_grad])
-
-    def _step_losses(self, model: nn.Module, batches: dict[str, Any]) -> dict[str, Tensor]:
-        if self._per_sample_routing:
-            return self._routed_losses(model, batches)
-        return {task: self._task_loss(model, task, batch) for task, batch in batches.items()}
-
-    def _task_loss(self, model: nn.Module, task: str, batch: Any) -> Tensor:
-        return loss_of(self.compute_task_loss(model, task, batch), f"compute_task_loss({task!r})")
-
-    def _routed_losses(self, model: nn.Module, batches: dict[str, Any]) -> dict[str, Tensor]:
-        for task, batch in batches.items():
-            check_labels(task, batch, self._label_names)
-        names, joint, labels = concat_batches(batches, self._label_names, self._pad_values())
-        output = call_model(model, names, {**joint, **labels}, "model(task=[...])")
-        if not (isinstance(output, Mapping) and set(output) == set(batches)):
-            output = output.get("loss") if isinstance(output, Mapping) else getattr(
-                output, "loss", None)
-        if not isinstance(output, Mapping) or set(output) != set(batches):
-            raise ValueError(
-                "per_sample_routing: expected the model to return {task: loss} for the tasks "
-                f"{list(batches)}, got {type(output).__name__}"
-            )
-        return {t: loss_of(output[t], f"model(task=[...])[{t!r}]") for t in batches}
-
-    def _pad_values(self) -> dict[str, int]:
-        pad = getattr(self.processing_class, "pad_token_id", None)
-        if pad is None:
-            config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-            pad = getattr(config, "pad_token_id", None)
-        return {"input_ids": int(pad or 0)}
-
-    def _record_surgery(self, stats: Any) -> None:
-        cosine = stats.cosine
-        reaching = int((cosine.diagonal() > 0.5).sum())
-        if not self._checked_sharing and len(stats.tasks) >= 2:
-            self._checked_sharing = True
-            if reaching < 2:
-                raise ValueError(
-                    f"weighting: expected at least two tasks reaching shared parameters, got "
-                    f"{reaching} of {list(stats.tasks)} (do the tasks share an encoder? are "
-                    "shared_params right?)"
-                )
-        self._train_log.add_surgery(stats.tasks, cosine, stats.num_conflicts)
-
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The Trainer's log; a training log also gets ``loss_{task}`` (and ``smart_{task}``)
@@ -434,41 +312,6 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
             logs.update(self._train_log.drain(reduce))
         super().log(logs, *args, **kwargs)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            loader = None if self._stream is None else self._stream.loader
-            state_io.save_state(output_dir, loader, self._weighting)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        state_io.load_weighting_state(checkpoint, self._weighting)
-        loader_state = state_io.load_loader_state(checkpoint)
-        if loader_state is None or self._stream is None or self.args.ignore_data_skip:
-            return
-        self._restore_position(checkpoint, loader_state)
-
-    def _restore_position(self, checkpoint: str, loader_state: dict[str, Any]) -> None:
-        trainer_state = TrainerState.load_from_json(f"{checkpoint}/trainer_state.json")
-        epoch, skip = state_io.steps_to_skip(trainer_state.global_step, len(self._stream),
-                                             self.args.gradient_accumulation_steps)
-        at_end = loader_state["step"] >= len(self._stream)
-        expected = (epoch - 1, len(self._stream)) if at_end and skip == 0 else (epoch, skip)
-        if (loader_state["epoch"], loader_state["step"]) != expected:
-            raise ValueError(
-                f"resume_from_checkpoint={checkpoint!r}: expected a loader at epoch "
-                f"{expected[0]}, step {expected[1]} (global step {trainer_state.global_step}), "
-                f"got epoch {loader_state['epoch']}, step {loader_state['step']}: were the "
-                "datasets, batch sizes or accumulation steps changed?"
-            )
-        if at_end:
-            return  # the next epoch starts afresh
-        self._stream.loader.load_state_dict(loader_state)
-        self._stream.skip = skip
-
     # ------------------------------------------------------------------ checks
     def _sharded_kind(self) -> str:
         if self.is_deepspeed_enabled:
@@ -476,7 +319,3 @@ class MultiTaskTrainer(TaskEvaluation, Trainer):
         if self.is_fsdp_enabled:
             return "FSDP"
         return ""
-
-
-def _sum(losses: Mapping[str, Tensor]) -> Tensor:
-    return torch.stack([v.float() for v in losses.values()]).sum()
