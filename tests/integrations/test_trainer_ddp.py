@@ -32,10 +32,11 @@ def torchrun(mode: str, out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sum", "pcgrad", "loss"])
+@pytest.mark.parametrize("mode", ["sum", "pcgrad", "loss", "pcgrad-accumulation"])
 def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, mode):
     ranks = torchrun(mode, tmp_path / "ddp")
-    single = train(mode, tmp_path / "single", batch_size=4)  # 2 ranks x 2 rows per task
+    single = train(mode.removesuffix("-accumulation"), tmp_path / "single", batch_size=4)
+    # (4 rows per task and step: 2 ranks x 2 rows, or 2 ranks x 2 micro-batches x 1 row)
     torch.manual_seed(0)
     initial = TinyMultiTask(dropout=0.0).state_dict()
     for key, value in single["state"].items():
@@ -51,10 +52,10 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, mode):
     result = ranks[0]
     assert result["ddp_allreduces"] == 0
     size = result["trainable"]
-    expected = 3 * size if mode == "pcgrad" else size + result["num_params"]
+    expected = 3 * size if mode.startswith("pcgrad") else size + result["num_params"]
     big = [n for n in result["all_reduce_sizes"] if n >= size]
     assert big == [expected] * STEPS
-    if mode == "pcgrad":
+    if mode.startswith("pcgrad"):
         assert result["surgery_bytes"] > 0 and single["surgery_bytes"] == 0
     if mode == "loss":  # the weighting saw the global losses: the same state as one process
         torch.testing.assert_close(result["weighting"], single["weighting"], rtol=1e-5, atol=1e-7)

@@ -53,6 +53,9 @@ CASES = {
     "proportional-accumulation": {"sampling": "proportional",
                                   "args": {"gradient_accumulation_steps": 2}},
     "temperature": {"sampling": "temperature", "temperature": 2.0},
+    "proportional-pcgrad-accumulation": {
+        "sampling": "proportional", "weighting": lambda: mtlkit.weighting.PCGrad(seed=1),
+        "shared": True, "args": {"gradient_accumulation_steps": 3}},
     "loss-weighting": {"weighting": lambda: LearnedScales(3)},
 }
 

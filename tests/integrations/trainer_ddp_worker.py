@@ -2,7 +2,7 @@
 
 ``python -m torch.distributed.run --nproc_per_node 2 trainer_ddp_worker.py MODE OUT`` trains
 the tiny model with the per-rank batch size; MODE is ``sum``, ``pcgrad`` or ``loss`` (a loss
-weighting). Each rank saves its
+weighting), or ``pcgrad-accumulation`` (two micro-batches of one row per step). Each rank saves its
 weights, how many all-reduces DDP itself issued (a counting comm hook), and its logs.
 """
 
@@ -66,13 +66,14 @@ def _count_all_reduces() -> None:
     dist.all_reduce = counted
 
 
-def train(mode: str, out: Path, batch_size: int) -> dict:
+def train(mode: str, out: Path, batch_size: int, accumulation: int = 1) -> dict:
     torch.manual_seed(0)
     model = TinyMultiTask(dropout=0.0)
     weighting = {"sum": None, "pcgrad": mtlkit.weighting.PCGrad(seed=0),
-                 "loss": CurvedScales(3)}[mode]
+                 "loss": CurvedScales(3)}[mode.removesuffix("-accumulation")]
     backend = {"ddp_backend": "gloo"} if "WORLD_SIZE" in os.environ else {}
-    args = training_args(out, per_device_train_batch_size=batch_size, max_steps=STEPS, **backend)
+    args = training_args(out, per_device_train_batch_size=batch_size, max_steps=STEPS,
+                         gradient_accumulation_steps=accumulation, **backend)
     trainer = quiet(CountingTrainer(model, args, train_dataset=make_datasets(SIZES),
                                     data_collator=pad_collate, weighting=weighting))
     trainer.train()
@@ -95,7 +96,10 @@ def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
     _count_all_reduces()
-    result = train(mode, out, batch_size=2)
+    if mode.endswith("-accumulation"):  # 2 micro-batches of 1 row: still 2 rows per rank
+        result = train(mode, out, batch_size=1, accumulation=2)
+    else:
+        result = train(mode, out, batch_size=2)
     rank = dist.get_rank()
     torch.save(result, out / f"rank{rank}.pt")
     dist.barrier()  # leave together (the teardown of tests/gloo_ranks.py)

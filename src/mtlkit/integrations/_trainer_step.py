@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import mtlkit
+from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_data import as_task_batches, concat_batches
 from mtlkit.integrations._trainer_losses import call_model, check_labels, loss_of, stack_losses
 from mtlkit.weighting import LossWeighting
@@ -23,6 +24,8 @@ from mtlkit.weighting import LossWeighting
 
 class TaskSteps:
     """The training-step half of MultiTaskTrainer (a mixin of the Trainer subclass)."""
+
+    _task_sums: TaskGradientSums
 
     def training_step(self, model: nn.Module, inputs: Any,
                       num_items_in_batch: Any = None) -> Tensor:
@@ -89,15 +92,24 @@ class TaskSteps:
     def _backward_task(self, task: str, loss: Tensor, retain_graph: bool = False) -> None:
         if self._surgery is None:
             self.accelerator.backward(loss, retain_graph=retain_graph)  # scales under fp16
+        elif self.current_gradient_accumulation_steps > 1:  # combined on the last micro-batch
+            self._task_sums.add(task, loss, self._trainable_params(),
+                                getattr(self.accelerator, "scaler", None), retain_graph)
         else:  # the optimizer was given the Trainer's GradScaler: it scales the backward itself
             self._surgery.task_backward(task, loss, retain_graph=retain_graph)
 
+    def _trainable_params(self) -> list[Tensor]:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return [p for p in params if p.requires_grad]
+
     def _synchronize(self) -> None:
         if self._surgery is not None:
+            for task in self._task_sums.tasks:  # the step's task gradients, in drawing order
+                self._surgery.task_backward(task, self._task_sums.surrogate(task))
+            self._task_sums.clear()
             self._record_surgery(self._surgery.combine())  # syncs the ranks itself
         elif self.args.world_size > 1:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            mtlkit.average_gradients([p for p in params if p.requires_grad])
+            mtlkit.average_gradients(self._trainable_params())
 
     def _step_losses(self, model: nn.Module, batches: dict[str, Any]) -> dict[str, Tensor]:
         if self._per_sample_routing:

@@ -15,6 +15,7 @@ from transformers import Trainer
 
 import mtlkit
 from mtlkit import MultiTaskLoader
+from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_checks import (
     check_batch_sizes,
     check_callables,
@@ -193,6 +194,7 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         self._train_log = TrainLog(self._tasks)
         self._checked_sharing = False
         self._starts_step = True
+        self._task_sums = TaskGradientSums()
 
     def _check_tasks(self, train_dataset: Any, eval_dataset: Any, data_collator: Any,
                      compute_metrics: Any) -> None:
