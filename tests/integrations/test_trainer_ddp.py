@@ -47,6 +47,10 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, mode):
     for ddp_log, one_log in zip(ranks[0]["log"], single["log"], strict=True):
         for key in ("loss", "loss_sst", "loss_qqp", "loss_sts"):
             assert ddp_log[key] == pytest.approx(one_log[key], rel=1e-5), key
+    # the evaluation gathers every rank's rows (each counted once)
+    assert set(ranks[0]["eval"]) == {"eval_loss", "eval_sst_loss", "eval_qqp_loss", "eval_sts_loss"}
+    for key, value in single["eval"].items():
+        assert ranks[0]["eval"][key] == pytest.approx(value, rel=1e-5), key
     # DDP's reducer never runs; one big all-reduce per optimizer step does its work: the mean
     # gradient (P numbers plus a presence flag per tensor) or the T x P task gradients
     result = ranks[0]
