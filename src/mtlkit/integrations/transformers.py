@@ -5,7 +5,6 @@ Importing this module imports transformers (``import mtlkit`` does not).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,8 +41,6 @@ from mtlkit.weighting import LossWeighting, Weighting
 
 __all__ = ["MultiTaskTrainer"]
 
-logger = logging.getLogger(__name__)
-
 
 class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
     """A ``transformers.Trainer`` over several tasks, with mtlkit's loader and weightings.
@@ -60,10 +57,11 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
 
     Gradient accumulation: for the plain sum, ``k`` micro-batches equal one ``k`` times larger
     batch. A gradient weighting combines the ACCUMULATED per-task gradients once per optimizer
-    step (each micro-batch adds to its tasks' rows; the last one combines), i.e. surgery on the
-    big batch, not a sum of surgeries on micro-batches: accumulation stays a pure memory trade,
-    a sampled mode (one task per micro-batch) gets several tasks per combination, and under
-    ``torchrun`` the ranks exchange the T x P task gradients once per optimizer step.
+    step (each task's gradient is summed over the micro-batches, then the sums are combined),
+    i.e. surgery on the big batch, not a sum of surgeries on micro-batches: accumulation stays a
+    pure memory trade (at the cost of ``T x P`` numbers for the sums), a sampled mode (one task
+    per micro-batch) gets several tasks per combination, and under ``torchrun`` the ranks
+    exchange the task gradients once per optimizer step.
 
     Checkpoints (the Trainer's ``save_strategy``) also hold the loader position and the
     weighting's state, so ``train(resume_from_checkpoint=...)`` continues mid-epoch with the
@@ -93,8 +91,12 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         shared_params: the parameters a gradient weighting treats as shared (default: those
             that two or more tasks reach, found at every step).
         reduction: ``"sum"`` or ``"mean"`` of the weighted task gradients.
-        sync: across processes, as :class:`mtlkit.MultiTaskOptimizer` (default ``"tasks"``:
-            exact surgery on the global batch; the DDP all-reduce is then skipped).
+        sync: how a gradient weighting synchronises processes, as in
+            :class:`mtlkit.MultiTaskOptimizer` (default ``"tasks"``: the task gradients are
+            averaged, then combined: exact surgery on the global batch). Under ``torchrun``
+            DDP's own all-reduce never runs: every forward and backward is under ``no_sync()``
+            and the gradients are averaged once per optimizer step, by the weighting's sync or
+            (plain sum, loss weighting) by :func:`mtlkit.average_gradients`.
         smart: ``{task: SmartLoss}``: a SMART term for these tasks, through
             :func:`mtlkit.hf_smart_inputs` (the model must accept ``inputs_embeds`` and have
             ``get_input_embeddings()``, and its outputs ``.logits``).
