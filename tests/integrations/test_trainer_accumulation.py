@@ -57,3 +57,32 @@ def test_import_mtlkit_does_not_import_transformers():
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_task_gradient_sums_hold_unscaled_gradients_and_an_exact_surrogate():
+    from mtlkit.integrations._trainer_accumulation import TaskGradientSums
+
+    torch.manual_seed(0)
+    body, head_a, head_b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
+    xs = [torch.randn(4, 3) for _ in range(2)]
+    expected = {}
+    for task, head in (("a", head_a), ("b", head_b)):  # each task's gradient over both batches
+        grads = torch.autograd.grad(sum(head(body(x)).pow(2).mean() for x in xs), params,
+                                    allow_unused=True)
+        expected[task] = grads
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        sums = TaskGradientSums()
+        for x in xs:
+            for task, head in (("a", head_a), ("b", head_b)):
+                sums.add(task, head(body(x)).pow(2).mean(), params, scaler)
+        assert all(p.grad is None for p in params)
+        assert sums.tasks == ["a", "b"]
+        for task in ("a", "b"):
+            sums.surrogate(task).backward()
+            for p, g in zip(params, expected[task], strict=True):
+                if g is None:  # the other task's head: not reached, no term
+                    assert p.grad is None
+                else:
+                    torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-7)
+                p.grad = None

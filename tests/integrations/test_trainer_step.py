@@ -27,7 +27,7 @@ SIZES = {"sst": 16, "qqp": 12, "sts": 8}
 
 def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=False,
               mode="interleaved", accumulation=1, batch_size=4, loss_weighting=None,
-              **loader_kwargs):
+              bf16=False, **loader_kwargs):
     """The loop a user would write: each task's forward and backward (or PCGrad), clip, step,
     schedule.
 
@@ -55,7 +55,9 @@ def hand_loop(model, datasets, steps, *, lr=1e-3, clip=1.0, seed=0, surgery=Fals
             group = epoch[start : start + accumulation]
             merged = {}  # PCGrad on the step's task gradients: each task's losses summed
             for batches in group:
-                losses = {t: model(task=t, **b).loss / len(group) for t, b in batches.items()}
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    losses = {t: model(task=t, **b).loss / len(group)
+                              for t, b in batches.items()}
                 if surgery:
                     for t, loss in losses.items():
                         merged[t] = merged[t] + loss if t in merged else loss
@@ -128,3 +130,22 @@ def test_loss_weighting_equals_hand_written_loop(tmp_path):
     assert max_difference(model, reference) == 0.0
     assert torch.equal(weighting.log_vars, reference_weighting.log_vars)
     assert float(weighting.log_vars.detach().abs().max()) > 0
+
+
+@pytest.mark.parametrize("surgery", [False, True], ids=["sum", "pcgrad"])
+def test_bf16_autocast_equals_the_hand_loop_under_autocast(tmp_path, surgery):
+    datasets = make_datasets(SIZES)
+    torch.manual_seed(0)
+    model = TinyMultiTask()
+    reference = copy_model(model)
+    args = training_args(tmp_path, max_steps=3, bf16=True)
+    weighting = mtlkit.weighting.PCGrad(seed=0) if surgery else None
+    trainer = quiet(MultiTaskTrainer(model, args, train_dataset=datasets, data_collator=pad_collate,
+                                     weighting=weighting))
+    trainer.train()
+    hand_loop(reference, datasets, 3, surgery=surgery, bf16=True)
+    assert max_difference(model, reference) == 0.0
+    torch.manual_seed(0)
+    fp32 = copy_model(TinyMultiTask())
+    hand_loop(fp32, datasets, 3, surgery=surgery)
+    assert max_difference(model, fp32) > 0  # autocast was on: not the float32 run
