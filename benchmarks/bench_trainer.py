@@ -1,13 +1,13 @@
 """MultiTaskTrainer's step time over a hand-written loop doing the same work, side by side.
 
 A randomly initialised BERT (hidden 256, 4 layers, 4 heads, intermediate 1024), three task heads
-(5-class CE, binary BCE, MSE), batch 16 per task, sequence length 64, CPU (2 threads by default). Both sides
-draw the steps from the same ``MultiTaskLoader`` (interleaved: one batch of each task), run
-each task's forward and backward (the plain sum) or ``MultiTaskOptimizer`` with PCGrad, clip the
-gradient norm at 1.0, take an AdamW step and a linear schedule step. A step's time is the time
-from one optimizer step's end to the next (data, forward, backward, clipping, update, the
-Trainer's callbacks and logging); the table holds medians over rounds that run each side once,
-so that load from other processes hits both alike.
+(5-class CE, binary BCE, MSE), batch 16 per task, sequence length 64, CPU (2 threads by
+default). Both sides draw the steps from the same ``MultiTaskLoader`` (interleaved: one batch
+of each task), run each task's forward and backward (the plain sum) or ``MultiTaskOptimizer``
+with PCGrad, clip the gradient norm at 1.0, take an AdamW step and a linear schedule step. A
+step's time is the time from one optimizer step's end to the next (data, forward, backward,
+clipping, update, the Trainer's callbacks and logging); the table holds medians over rounds
+that run each side once, so that load from other processes hits both alike.
 
     python benchmarks/bench_trainer.py [--steps 12] [--warmup 2] [--rounds 3] [--threads 2]
 
@@ -17,6 +17,7 @@ The last line is ``trainer/hand: X.XX`` (the larger of the two ratios; target at
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import tempfile
@@ -150,7 +151,7 @@ def main() -> None:
                 for side, run in (("hand", hand_loop), ("trainer", trainer_loop)):
                     extra = (out,) if side == "trainer" else ()
                     ends = run(data, args.steps, surgery, *extra)
-                    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+                    steps = [b - a for a, b in itertools.pairwise(ends)]
                     key = ("pcgrad" if surgery else "plain", side)
                     times.setdefault(key, []).extend(steps[args.warmup:])
     print(f"random BERT (hidden 256, 4 layers), 3 tasks x {BATCH} x {SEQ} tokens, "

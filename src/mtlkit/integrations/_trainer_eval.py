@@ -60,6 +60,7 @@ class TaskEvaluation:
     def _evaluate_task(self, task: str, dataset: Any, ignore_keys: list[str] | None,
                        prefix: str) -> Any:
         metric_fn = self._task_metrics.get(task)
+        dataset = self._model_columns(dataset, f"evaluation ({task})")
         loader = DataLoader(
             dataset,
             batch_size=self.args.eval_batch_size,

@@ -70,8 +70,8 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
     Args:
         model: The multi-task model (see above); under ``torchrun`` the Trainer wraps it in DDP.
         args: ``transformers.TrainingArguments``. ``per_device_train_batch_size`` is the batch
-            size of each task (see ``batch_sizes``); ``remove_unused_columns`` and
-            ``train_sampling_strategy`` do not apply (batches go to the model as collated).
+            size of each task (see ``batch_sizes``); ``remove_unused_columns`` applies to
+            ``datasets.Dataset`` inputs; ``train_sampling_strategy`` does not apply.
         train_dataset: ``{task: Dataset}``; its order is the task order.
         eval_dataset: ``{task: Dataset}`` for :meth:`evaluate`.
         data_collator: one collator for all tasks, or ``{task: collator}`` (the others get the
@@ -248,8 +248,10 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         if self.train_dataset is None:
             raise ValueError("train_dataset: expected a mapping {task: Dataset}, got None")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        datasets = {t: self._model_columns(d, f"training ({t})")
+                    for t, d in self.train_dataset.items()}
         loaders = task_loaders(
-            self.train_dataset, self._batch_sizes, self._collators,
+            datasets, self._batch_sizes, self._collators,
             world_size=max(self.args.world_size, 1), rank=self.args.process_index, seed=seed,
             drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
@@ -258,6 +260,13 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         loader = MultiTaskLoader(loaders, seed=seed, **self._sampling)
         self._stream = StepStream(loader)
         return StepLoader(self._stream)
+
+    def _model_columns(self, dataset: Any, description: str) -> Any:
+        """A ``datasets.Dataset`` without the columns the model's forward does not take (with
+        ``args.remove_unused_columns``, as the Trainer does); any other dataset as it is."""
+        if type(dataset).__module__.startswith("datasets.") and hasattr(dataset, "column_names"):
+            return self._remove_unused_columns(dataset, description=description)
+        return dataset
 
     def num_examples(self, dataloader: Any) -> int:
         """Training rows over all tasks for the train loader, else the Trainer's count."""
