@@ -29,9 +29,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from mtlkit.integrations.transformers import MultiTaskTrainer
+from mtlkit.integrations.transformers import MultiTaskTrainer, resolve_pretrained
 from multitask_bert.data import read_split  # the CS224N CSV reader of the full pipeline
-from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy, offline
 
 OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}  # SST-5 logits, one paraphrase logit, one score
 
@@ -113,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    path = resolve_model(args.model)
+    path = resolve_pretrained(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(args.seed)
     model = CrossEncoder(AutoModel.from_pretrained(path, add_pooling_layer=False))

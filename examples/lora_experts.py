@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from mtlkit import LoRAMoE, LoRAMoEConfig, MultiTaskLoader
-from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy
+from mtlkit.integrations import resolve_pretrained  # the MiniLM name -> its packaged copy
 from multitask_interleaved import LOSSES, TASKS, Collate, MultiTaskModel, evaluate, load_rows
 
 logger = logging.getLogger("lora_experts")
@@ -76,7 +76,7 @@ def serve(model: MixtureModel, task: str, out: Path, tokenizer) -> MultiTaskMode
 def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
-    path = resolve_model(args.model)
+    path = resolve_pretrained(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # One expert per task on the frozen encoder; alpha / r scales the experts' updates.
     config = LoRAMoEConfig(tasks=list(TASKS), r=args.rank, alpha=2 * args.rank)

@@ -28,8 +28,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from mtlkit import MultiTaskLoader
+from mtlkit.integrations import resolve_pretrained  # the MiniLM name -> its packaged copy
 from multitask_bert.csv_data import read_split  # the CS224N CSV reader of the full pipeline
-from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy, offline
 
 logger = logging.getLogger("multitask_interleaved")
 OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}  # SST-5 logits, one paraphrase logit, one score
@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> tuple[MultiTaskModel, object]:
     """The model (the pretrained encoder plus fresh heads) and its tokenizer."""
-    path = resolve_model(args.model)
+    path = resolve_pretrained(args.model)
     torch.manual_seed(args.seed)
     return MultiTaskModel(AutoModel.from_pretrained(path)), AutoTokenizer.from_pretrained(path)
 

