@@ -125,6 +125,36 @@ class LoRAMoE(ExpertsIO, nn.Module):
         """The task names, one per expert, in order."""
         return list(self.config.tasks)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The wrapped model's input (word) embeddings, as ``transformers`` models expose them.
+
+        So :func:`mtlkit.hf_smart_inputs` takes a mixture as its encoder: pass the task through
+        its keyword arguments (``hf_smart_inputs(moe, head, ids, mask, task="sst")``) and every
+        SMART pass is routed to that task's expert.
+
+        Raises:
+            TypeError: the wrapped model has no ``get_input_embeddings()``.
+
+        Example:
+            >>> from mtlkit import LoRAMoE, SmartLoss, hf_smart_inputs
+            >>> from transformers import BertConfig, BertModel
+            >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+            ...                             num_attention_heads=2, intermediate_size=32))
+            >>> moe = LoRAMoE(bert, tasks=["a1", "b1"], r=2)
+            >>> moe.get_input_embeddings() is bert.get_input_embeddings()
+            True
+            >>> ids, head = torch.randint(0, 30, (2, 4)), torch.nn.Linear(16, 3)
+            >>> emb, fwd = hf_smart_inputs(moe, lambda out: head(out.pooler_output), ids,
+            ...                            task="a1")
+            >>> bool(SmartLoss()(fwd, emb, fwd(emb)) > 0)
+            True
+        """
+        get = getattr(self.model, "get_input_embeddings", None)
+        if get is None:
+            raise TypeError("model: expected a wrapped model with get_input_embeddings() (a "
+                            f"transformers PreTrainedModel), got {type(self.model).__name__}")
+        return get()
+
     # ------------------------------------------------------------------ routing
     def forward(self, *args: Any, task: str | Sequence[str] | torch.Tensor | None = None, **inputs):
         """Runs the wrapped model with each sample's expert.
