@@ -204,7 +204,8 @@ def test_state_dict_round_trips_the_weighting_state():
     opt = MultiTaskOptimizer(torch.optim.Adam(net.parameters(), lr=0.01), RunningNorm())
     run(opt, net, range(3))
     saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(net.state_dict())
-    assert set(saved["multitask"]) == {"weighting", "reduction", "weighting_state"}
+    assert set(saved["multitask"]) == {"weighting", "reduction", "weighting_state", "version",
+                                       "auto_shared"}
     expected = run(opt, net, range(3, 6))
 
     net2 = Net()

@@ -26,6 +26,7 @@ from mtlkit.surgery._inputs import (
     unique_params,
 )
 from mtlkit.surgery._loss_step import loss_step
+from mtlkit.surgery._state import MultiTaskState
 from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts, describe
 from mtlkit.surgery._step import StepRecorder
 from mtlkit.surgery._sync import SurgerySync
@@ -38,7 +39,7 @@ REDUCTIONS = ("sum", "mean")
 Losses = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
-class MultiTaskOptimizer(_WrappedOptimizer):
+class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
     """Wraps a torch optimizer and combines the tasks' gradients with a weighting.
 
     To its callers it is an optimizer (``param_groups``, ``state_dict``, LR schedulers,
@@ -172,26 +173,6 @@ class MultiTaskOptimizer(_WrappedOptimizer):
                 f"losses[{name!r}]: expected a finite loss, got a non-finite one in the last "
                 "backward (a GradScaler would have skipped this step; call zero_grad())"
             )
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "weighting": type(self.weighting).__name__,
-            "reduction": self.reduction,
-            "weighting_state": self.weighting.state_dict(),
-        }
-
-    def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
-        key = self._state_key
-        for field, mine in (("weighting", type(self.weighting).__name__),
-                            ("reduction", self.reduction)):
-            if field in extra and extra[field] != mine:
-                raise ValueError(
-                    f"state_dict[{key!r}][{field!r}]: expected {mine!r} (this optimizer's), "
-                    f"got {extra[field]!r}"
-                )
-
-    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
-        self.weighting.load_state_dict(extra["weighting_state"])
 
     # ----------------------------------------------------------------- the public steps
     def backward(self, losses: Losses, retain_graph: bool | None = None) -> SurgeryStats:

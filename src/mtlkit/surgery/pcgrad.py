@@ -24,6 +24,7 @@ import torch
 from torch.optim import Optimizer
 
 from mtlkit.surgery._collectives import Sync
+from mtlkit.surgery._state import host_generator
 from mtlkit.surgery.optimizer import MultiTaskOptimizer, Reduction
 from mtlkit.weighting.pcgrad import PCGrad as PCGradWeighting
 from mtlkit.weighting.pcgrad import pcgrad_weights
@@ -118,9 +119,11 @@ class PCGrad(MultiTaskOptimizer):
             f"optimizer={self.optimizer!r})"
         )
 
-    # The checkpoint format of earlier versions: {"generator": ..., "reduction": ...}.
+    # The checkpoint format of earlier versions, {"generator": ..., "reduction": ...}, plus (from
+    # format 2) the "version" and "auto_shared" of MultiTaskOptimizer's layout.
     def _extra_state(self) -> dict[str, Any]:
-        return {"generator": self.weighting.generator.get_state(), "reduction": self.reduction}
+        return {"generator": self.weighting.generator.get_state(), "reduction": self.reduction,
+                **self._layout_state()}
 
     def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
         if "reduction" in extra and extra["reduction"] != self.reduction:
@@ -128,6 +131,10 @@ class PCGrad(MultiTaskOptimizer):
                 f"state_dict['pcgrad']['reduction']: expected {self.reduction!r} (this "
                 f"optimizer's), got {extra['reduction']!r}"
             )
+        self._check_layout_state(extra)
+        host_generator(extra.get("generator"), "state_dict['pcgrad']['generator']")
 
     def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
-        self.weighting.generator.set_state(extra["generator"])
+        state = host_generator(extra["generator"], "state_dict['pcgrad']['generator']")
+        self.weighting.generator.set_state(state)
+        self._load_layout_state(extra)
