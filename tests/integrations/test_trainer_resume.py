@@ -46,16 +46,21 @@ def run(out, *, steps, datasets, resume=None, weighting=None, **kwargs):
 
 CASES = {
     "interleaved-sum": {},
-    # explicit shared parameters: the buffer layout (the order of the Gramian's sums) is then
-    # fixed; detected ones are laid out shared-first from the previous step on, which a resumed
-    # run's first step cannot know (differences in the last bits, see the test below)
+    # explicit shared parameters, and detected ones (their buffer layout, shared-first as the
+    # previous step found them, is in the optimizer's state_dict: the Gramian is summed in the
+    # same order after a resume)
     "interleaved-pcgrad": {"weighting": lambda: mtlkit.weighting.PCGrad(seed=3), "shared": True},
+    "interleaved-pcgrad-detected": {"weighting": lambda: mtlkit.weighting.PCGrad(seed=3)},
+    "interleaved-upgrad-detected": {"weighting": lambda: mtlkit.weighting.UPGrad()},
     "proportional-accumulation": {"sampling": "proportional",
                                   "args": {"gradient_accumulation_steps": 2}},
     "temperature": {"sampling": "temperature", "temperature": 2.0},
     "proportional-pcgrad-accumulation": {
         "sampling": "proportional", "weighting": lambda: mtlkit.weighting.PCGrad(seed=1),
         "shared": True, "args": {"gradient_accumulation_steps": 3}},
+    "proportional-pcgrad-accumulation-detected": {
+        "sampling": "proportional", "weighting": lambda: mtlkit.weighting.PCGrad(seed=1),
+        "args": {"gradient_accumulation_steps": 3}},
     "loss-weighting": {"weighting": lambda: LearnedScales(3)},
 }
 
