@@ -132,3 +132,35 @@ def test_a_stateful_weighting_resumes_exactly(tiny_model_dir: Path, data_dir: Pa
     after = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last")[1]["optimizer"]
     for key, value in ref["multitask"]["weighting_state"].items():
         assert torch.equal(value, after["multitask"]["weighting_state"][key]), key
+
+
+def test_compare_driver_sweeps_weightings(tiny_model_dir: Path, data_dir: Path,
+                                          tmp_path: Path) -> None:
+    """Two weightings beside the preset's plain sum, one step each: the table names the
+    weighting of each row, each combined its step, and ``sum`` through MultiTaskOptimizer
+    trains the plain sum's weights."""
+    import json
+
+    import compare_presets
+
+    common = ["--out", str(tmp_path / "cmp"), "--model", str(tiny_model_dir), "--data-dir",
+              str(data_dir), "--epochs", "1", "--max-steps", "1", "--batch-size", "4",
+              "--max-length", "32", "--no-progress", "--log-every", "0", "--no-plots",
+              "--threads", "1"]
+    table = compare_presets.main(["--presets", "ce-interleaved-clip", "--sweep",
+                                  "weighting=sum,upgrad", *common])
+    rows = [r.split(" | ")[:2] for r in table.splitlines()[2:]]
+    assert rows == [["| ce-interleaved-clip", "plain sum"],
+                    ["| ce-interleaved-clip weighting=sum", "sum"],
+                    ["| ce-interleaved-clip weighting=upgrad", "upgrad"]]
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [r["weighting"] for r in results.values()] == [None, "sum", "upgrad"]
+    assert [r["primitives"].get("combined_steps") for r in results.values()] == [None, 1, 1]
+    assert_same_weights(tmp_path / "cmp" / "00-ce-interleaved-clip" / "checkpoints" / "last",
+                        tmp_path / "cmp" / "01-ce-interleaved-clip_weighting-sum" / "checkpoints"
+                        / "last", atol=1e-5)
+    assert compare_presets.weighting_names(["all"]) == list(mtlkit.weighting.NAMES)
+    with pytest.raises(SystemExit):  # a misspelt weighting stops the sweep before any run
+        compare_presets.main(["--presets", "ce-interleaved-clip", "--weightings", "sum",
+                              "pc_grad", *common, "--out", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
