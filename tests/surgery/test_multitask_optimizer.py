@@ -42,18 +42,17 @@ def jacobian(losses, params):
 
 
 def build(name: str, num_tasks: int = len(TASKS)):
-    """A library weighting by name (the loss weightings need the number of tasks)."""
-    if not hasattr(weightings, "by_name"):  # before the family lands: PCGrad only
-        return weightings.PCGrad(seed=0)
-    try:
-        return weightings.by_name(name)
-    except TypeError:
+    """A library weighting by name; the loss weightings get the number of tasks (uncertainty
+    needs it to own its log-variances from the first step)."""
+    built = weightings.by_name(name)
+    if isinstance(built, weightings.LossWeighting):
         return weightings.by_name(name, num_tasks=num_tasks)
+    return built
 
 
 def library_names(gramian: bool) -> list[str]:
     """mtlkit.weighting's methods of one kind, once by_name has landed (PCGrad always)."""
-    names = list(getattr(weightings, "NAMES", ("pcgrad",)))
+    names = list(weightings.NAMES)
     return [n for n in names if build(n).requires_gramian == gramian]
 
 

@@ -35,7 +35,7 @@ def test_by_name_passes_options():
 
 @pytest.mark.parametrize("bad", ["UPGRAD", "nash-mtl", "nope", "", None])
 def test_unknown_names_list_the_valid_ones(bad):
-    with pytest.raises(ValueError, match=r"name: expected one of pcgrad, upgrad, .*famo; got"):
+    with pytest.raises(ValueError, match=r"name: expected one of pcgrad, upgrad, .*famo, got"):
         weighting.by_name(bad)
 
 

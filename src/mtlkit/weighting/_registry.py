@@ -66,5 +66,5 @@ def by_name(name: str, **kwargs: Any) -> Weighting | LossWeighting:
         DWA(num_tasks=3, temperature=2.0, steps_per_epoch=None)
     """
     if not isinstance(name, str) or name not in _CLASSES:
-        raise ValueError(f"name: expected one of {', '.join(NAMES)}; got {name!r}")
+        raise ValueError(f"name: expected one of {', '.join(NAMES)}, got {name!r}")
     return _CLASSES[name](**kwargs)

@@ -1,13 +1,13 @@
 """Per-call time of every Gramian weighting's hot path (``weights(G)``), CPU, one thread.
 
-A script, not a test (pytest does not collect it): the weightings' own cost, without the
+A benchmark script: the weightings' own cost, without the
 per-task backward passes and the Gramian that the optimizer adds around them (for the full
 step time see ``benchmarks/bench_weightings.py``). Each weighting is timed on the same random
 float32 Gramian of T gradients (the dtype the optimizer passes); times are the median over
 ``--rounds`` rounds of ``--calls`` calls, rounds interleaving the weightings so that load from
 other processes hits them alike.
 
-    PYTHONPATH=src python tests/weighting/per_call_timing.py [--tasks 3 10] [--rounds 7]
+    PYTHONPATH=src python benchmarks/bench_weighting_calls.py [--tasks 3 10] [--rounds 7]
 
 The last line is ``slowest per call (T=<max T>): <name> <microseconds> us``.
 """
