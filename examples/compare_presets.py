@@ -11,8 +11,12 @@ rows (``--max-train-per-task``), so that one epoch of either schedule shows each
 Each run writes its own directory under ``--out``. Any flag this driver does not know is passed
 to every run (e.g. ``--max-train-per-task 2000 --threads 2``).
 
-``--weightings`` runs every preset with each gradient weighting of ``mtlkit.weighting``
-(``mtlkit.MultiTaskOptimizer`` over the shared encoder).
+``--weightings NAME...`` (or ``--sweep weighting=NAME,...``) also runs every preset with each
+weighting of ``mtlkit.weighting`` (``--weighting``: ``mtlkit.MultiTaskOptimizer`` over the
+shared encoder); ``all`` means every name of ``mtlkit.weighting.NAMES``. The preset's own row
+(the plain sum of the losses, for a preset without a weighting) is the baseline beside them,
+and the table's ``weighting`` column says which combined each run. Every run's flags are
+checked before the first one starts.
 
 Examples::
 
@@ -25,9 +29,9 @@ Examples::
     # Table 2: learning rate and dropout sweeps of one preset
     python examples/compare_presets.py --presets ce-interleaved-clip --sweep lr=1e-5,5e-5 \\
         --sweep dropout=0.1,0.3 --budget-minutes 120 --out runs/table2
-    # the weightings of mtlkit against each other at equal examples
-    python examples/compare_presets.py --presets ce-interleaved-clip --weightings pcgrad \\
-        upgrad mgda mean --budget-examples 200000 --out runs/weightings
+    # every weighting of mtlkit beside the plain sum, at equal steps
+    python examples/compare_presets.py --presets ce-interleaved-clip --weightings all \\
+        --epochs 1 --steps-per-epoch 150 --out runs/weightings
 """
 
 from __future__ import annotations
@@ -87,23 +91,39 @@ def steps_for_examples(examples: int, argv: list[str]) -> int:
     return max(1, round(examples / per_step))
 
 
+def weighting_names(values: list[str]) -> list[str]:
+    """The weightings a sweep names; ``all`` is every name of ``mtlkit.weighting.NAMES``.
+
+    >>> weighting_names(["sum", "pcgrad"])
+    ['sum', 'pcgrad']
+    >>> len(weighting_names(["all"])) == len(mtlkit.weighting.NAMES)
+    True
+    """
+    return list(mtlkit.weighting.NAMES) if values == ["all"] else values
+
+
 def markdown_table(results: list[tuple[str, dict[str, Any]]]) -> str:
-    """Our dev scores and training minutes beside the paper's Table 1 (BERT-base) numbers.
+    """Our dev scores, the weighting, steps and training time beside the paper's Table 1
+    (BERT-base) numbers.
 
     >>> r = [("ce", {"best_dev": {"sst": 0.5, "qqp": 0.8, "sts": 0.8, "overall": 0.7},
-    ...              "train_minutes": 1.0})]
-    >>> print(markdown_table(r).splitlines()[2])
-    | ce | 0.500 | 0.800 | 0.800 | 0.700 | 1.0 | 0.453 | 0.889 | 0.881 | 0.761 |
+    ...              "train_minutes": 1.0, "global_steps": 120, "config": {}})]
+    >>> markdown_table(r).splitlines()[2].split(" | ")[1:9]  # the cells after the name
+    ['plain sum', '0.500', '0.800', '0.800', '0.700', '120', '0.50', '1.0']
     """
-    lines = ["| run | SST acc | QQP acc | STS corr | overall | train min | paper SST | "
-             "paper QQP | paper STS | paper overall |", "|---" * 10 + "|"]
+    lines = ["| run | weighting | SST acc | QQP acc | STS corr | overall | steps | s/step | "
+             "train min | paper SST | paper QQP | paper STS | paper overall |",
+             "|---" * 13 + "|"]
     for name, m in results:
         d = m["best_dev"]
         ours = [f"{d[k]:.3f}" if k in d else "-" for k in ("sst", "qqp", "sts", "overall")]
         paper = PAPER_TABLE1.get(name)
         theirs = [f"{v:.3f}" for v in paper] if paper else ["-"] * 4
-        lines.append(f"| {name} | {' | '.join(ours)} | {m['train_minutes']:.1f} | "
-                     f"{' | '.join(theirs)} |")
+        steps = m.get("global_steps", 0)
+        per_step = f"{60 * m['train_minutes'] / steps:.2f}" if steps else "-"
+        weighting = m.get("config", {}).get("weighting") or "plain sum"
+        lines.append(f"| {name} | {weighting} | {' | '.join(ours)} | {steps} | {per_step} | "
+                     f"{m['train_minutes']:.1f} | {' | '.join(theirs)} |")
     return "\n".join(lines)
 
 
@@ -121,7 +141,8 @@ def main(argv: list[str] | None = None) -> str:
                    help="also train each task alone with every preset (section 5)")
     p.add_argument("--sweep", action="append", default=[], metavar="FLAG=V1,V2",
                    help="also run every preset with each value of a flag (Table 2), e.g. "
-                   "lr=1e-5,5e-5; repeatable")
+                   "lr=1e-5,5e-5 or weighting=sum,pcgrad (weighting=all: every one); "
+                   "repeatable")
     p.add_argument("--weightings", nargs="+", default=None, metavar="NAME",
                    help="also run every preset with each of these mtlkit.weighting names "
                    "('all': every one of mtlkit.weighting.NAMES), e.g. pcgrad upgrad mgda")
@@ -133,13 +154,19 @@ def main(argv: list[str] | None = None) -> str:
         flag, _, values = item.partition("=")
         if not flag or not values:
             p.error(f"--sweep takes FLAG=V1,V2, got {item!r}")
-        sweeps.append((flag, values.split(",")))
+        values_list = values.split(",")
+        sweeps.append((flag, weighting_names(values_list) if flag == "weighting"
+                       else values_list))
     if args.weightings:
-        names = list(mtlkit.weighting.NAMES) if args.weightings == ["all"] else args.weightings
-        sweeps.append(("weighting", names))
+        sweeps.append(("weighting", weighting_names(args.weightings)))
     runs = plan_runs(args.presets, args.single_task, sweeps)
     if args.budget_examples is not None and args.budget_examples <= 0:
         p.error(f"--budget-examples must be positive, got {args.budget_examples}")
+    for name, extra in runs:  # a typo fails now, not hours into the sweep
+        try:
+            cli.parse_args([*rest, *extra, "--data-dir", "-"])
+        except (ValueError, SystemExit) as e:
+            p.error(f"run {name!r}: {e}")
     results: list[tuple[str, dict[str, Any]]] = []
     for i, (name, extra) in enumerate(runs):
         out = Path(args.out) / f"{i:02d}-{name.replace(' ', '_').replace('=', '-')}"
@@ -160,7 +187,9 @@ def main(argv: list[str] | None = None) -> str:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.md").write_text(table + "\n")
     (Path(args.out) / "results.json").write_text(json.dumps(
-        {name: {"best_dev": m["best_dev"], "train_minutes": m["train_minutes"]}
+        {name: {"best_dev": m["best_dev"], "train_minutes": m["train_minutes"],
+                "global_steps": m["global_steps"], "weighting": m["config"]["weighting"],
+                "primitives": m["history"][-1]["primitives"] if m["history"] else {}}
          for name, m in results}, indent=2))
     print(table)
     return table

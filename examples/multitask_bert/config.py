@@ -114,9 +114,13 @@ class RunConfig:
                                   "temperature"))
     surgery: bool = _opt(False, "gradient surgery on the shared encoder: the same as "
                          "--weighting pcgrad", INGREDIENTS)
-    weighting: str | None = _opt(None, "combine the task gradients of the shared encoder with "
-                                 "mtlkit.MultiTaskOptimizer and this mtlkit.weighting (e.g. "
-                                 "pcgrad, upgrad, mgda); default: the plain sum", INGREDIENTS)
+    weighting: str | None = _opt(None, "combine the tasks on the shared encoder with "
+                                 "mtlkit.MultiTaskOptimizer and this mtlkit.weighting: the "
+                                 "gradient weightings pcgrad, upgrad, dualproj, mgda, cagrad, "
+                                 "imtlg, aligned_mtl, config, fairgrad, nash_mtl, gradvac, "
+                                 "mean, sum, random, or the loss weightings uncertainty, dwa, "
+                                 "famo (with --schedule interleaved); default: the plain sum",
+                                 INGREDIENTS)
     smart_weight: float = _opt(0.0, "weight of the SMART adversarial regulariser "
                                "(mtlkit.SmartLoss); 0 = off", INGREDIENTS)
     smart_mode: str = _opt("projected", "projected: the paper's noise ball of radius 1e-5; "

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from mtlkit.weighting import NAMES as WEIGHTINGS
+
 from . import TASKS
 
 _POSITIVE_INTS = ("epochs", "batch_size", "contrastive_batch_size", "lora_r", "max_length",
@@ -72,12 +74,8 @@ def _check_choices(cfg: Any) -> None:
     if bad:
         _fail("task_batch_sizes", f"TASK=N with TASK in --tasks {','.join(cfg.tasks)} and N a "
               "positive integer", bad)
-    if cfg.weighting is not None:
-        import mtlkit
-
-        names = getattr(mtlkit.weighting, "NAMES", ("pcgrad",))
-        if cfg.weighting not in names:
-            _fail("weighting", f"one of {', '.join(names)}", repr(cfg.weighting))
+    if cfg.weighting is not None and cfg.weighting not in WEIGHTINGS:
+        _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", repr(cfg.weighting))
 
 
 def _check_combinations(cfg: Any) -> None:
@@ -87,6 +85,9 @@ def _check_combinations(cfg: Any) -> None:
          "--surgery is --weighting pcgrad; give one of them"),
         (cfg.weighting is not None and not shared, "weighting",
          "a shared encoder to combine gradients on; it cannot combine with --mixture full"),
+        (cfg.weighting is not None and cfg.schedule != "interleaved", "weighting",
+         "--schedule interleaved (every task in every step): a step of one task has nothing "
+         "to combine"),
         (cfg.contrastive and cfg.mixture != "none", "contrastive",
          "one shared encoder to pre-train: use --mixture none"),
         (cfg.smart_weight > 0 and cfg.encoding != "cross", "smart_weight", "--encoding cross"),

@@ -23,15 +23,46 @@ SMART_KINDS = {"sst": "classification", "qqp": "binary", "sts": "regression"}
 """How SMART compares each task's outputs: 5-way logits, one Bernoulli logit, a score."""
 
 
+SEEDED = ("pcgrad", "random", "gradvac")
+"""The weightings that draw random numbers: seeded with ``--seed`` (their generator is state)."""
+
+LOSS_WEIGHTINGS = ("uncertainty", "dwa", "famo")
+"""The weightings of the losses (``mtlkit.weighting.LossWeighting``): built for the run's T."""
+
+
+def make_weighting(name: str, num_tasks: int, seed: int,
+                   steps_per_epoch: int) -> mtlkit.weighting.Weighting | nn.Module:
+    """``mtlkit.weighting.by_name(name)`` with what the run knows: the seed of the random ones,
+    ``num_tasks`` for the loss weightings (uncertainty weighting's log-variances exist from the
+    start) and, for DWA, the epoch length (its weights change once per epoch).
+
+    >>> make_weighting("dwa", 3, 0, 100)
+    DWA(num_tasks=3, temperature=2.0, steps_per_epoch=100)
+    >>> make_weighting("uncertainty", 3, 0, 100).log_vars.shape  # trained with the model
+    torch.Size([3])
+    """
+    kwargs: dict[str, Any] = {}
+    if name in SEEDED:
+        kwargs["seed"] = seed
+    if name in LOSS_WEIGHTINGS:
+        kwargs["num_tasks"] = num_tasks
+    if name == "dwa":
+        kwargs["steps_per_epoch"] = steps_per_epoch
+    return mtlkit.weighting.by_name(name, **kwargs)
+
+
 def gradient_combiner(optimizer: torch.optim.Optimizer, model: MultiTaskBert, weighting: str,
-                      seed: int) -> Any:
+                      seed: int, num_tasks: int, steps_per_epoch: int) -> Any:
     """The optimizer wrapper that combines the task gradients of the shared encoder.
 
     ``"pcgrad"`` is ``mtlkit.PCGrad`` (the paper's surgery); any other name of
-    ``mtlkit.weighting.NAMES`` is ``mtlkit.MultiTaskOptimizer`` with that weighting. Both sum
-    the combined task gradients (``reduction="sum"``: the plain sum is what they replace) and,
-    under a process group, average the per-task gradients over the ranks before combining
-    (``sync="tasks"``, heads included), so the trainer must not average them again.
+    ``mtlkit.weighting.NAMES`` is ``mtlkit.MultiTaskOptimizer`` with that weighting
+    (:func:`make_weighting`). A loss weighting's own parameters (uncertainty weighting's
+    log-variances) join ``optimizer`` as one more parameter group at its default learning
+    rate. Both sum the combined task gradients (``reduction="sum"``: the plain sum is what
+    they replace) and, under a process group, average the per-task gradients over the ranks
+    before combining (``sync="tasks"``, heads included), so the trainer must not average them
+    again.
 
     Raises:
         ValueError: the model has no shared encoder (``--mixture full``).
@@ -43,8 +74,12 @@ def gradient_combiner(optimizer: torch.optim.Optimizer, model: MultiTaskBert, we
     if weighting == "pcgrad":
         return mtlkit.PCGrad(optimizer, shared_params=shared, reduction="sum", seed=seed,
                              sync="tasks")
-    return mtlkit.MultiTaskOptimizer(optimizer, mtlkit.weighting.by_name(weighting),
-                                     shared_params=shared, reduction="sum", sync="tasks")
+    method = make_weighting(weighting, num_tasks, seed, steps_per_epoch)
+    own = list(method.parameters()) if isinstance(method, nn.Module) else []
+    if own:  # MultiTaskOptimizer refuses a weighting whose parameters nobody trains
+        optimizer.add_param_group({"params": own})
+    return mtlkit.MultiTaskOptimizer(optimizer, method, shared_params=shared, reduction="sum",
+                                     sync="tasks")
 
 
 class SmartTerms:

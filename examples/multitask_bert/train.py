@@ -62,17 +62,18 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         groups: Any = (self.params if cfg.layer_lr_decay == 1.0 else
                        layerwise_param_groups(model, cfg.lr, cfg.layer_lr_decay))
+        self.loader = multitask_loader(
+            train_sets, {t: cfg.batch_size_for(t) for t in self.tasks}, cfg.schedule, cfg.seed,
+            self.env, cfg.steps_per_epoch, cfg.pair_swap)
         self.base_opt = adamw(groups, cfg.lr)
         self.combining = cfg.weighting is not None
-        self.opt: Any = (gradient_combiner(self.base_opt, model, cfg.weighting, cfg.seed)
+        self.opt: Any = (gradient_combiner(self.base_opt, model, cfg.weighting, cfg.seed,
+                                           len(self.tasks), len(self.loader))
                          if self.combining else self.base_opt)
         # a combiner (sync="tasks") all-reduces the task gradients itself: averaging them
         # again here would be a second, wrong reduction
         self.reduce_grads = not (self.combining and self.env.distributed)
         self.smart = SmartTerms(cfg.smart_weight, cfg.smart_mode) if cfg.smart_weight else None
-        self.loader = multitask_loader(
-            train_sets, {t: cfg.batch_size_for(t) for t in self.tasks}, cfg.schedule, cfg.seed,
-            self.env, cfg.steps_per_epoch, cfg.pair_swap)
         self.ema = weight_average(model, cfg.ema) if cfg.ema > 0 else None
         total = max(1, cfg.epochs * len(self.loader))
         decay = (lambda s: 1.0) if cfg.lr_schedule == "constant" else (
@@ -106,7 +107,10 @@ class Trainer:
         if self.combining:
             stats = self.opt.backward(losses)
             self._count("combined_steps", 1.0)
-            self._count("gradient_conflicts", float(stats.num_conflicts))
+            if stats.num_conflicts is not None:  # None: a loss weighting forms no J
+                self._count("gradient_conflicts", float(stats.num_conflicts))
+            for task, w in zip(stats.tasks, stats.weights.tolist(), strict=True):
+                self._count(f"weight_{task}", w)  # the epoch's mean: / combined_steps
         else:
             torch.stack(list(losses.values())).sum().backward()
         if self.reduce_grads:
