@@ -9,7 +9,7 @@ loss per task) and per-task evaluation (``eval_sst_accuracy``, ``eval_qqp_accura
 ``eval_sts_pearson``). ``--weighting pcgrad`` (or any name of ``mtlkit.weighting``) combines the
 task gradients instead of summing the losses.
 
-Run (one epoch, about 20 minutes on 2 CPU cores)::
+Run (one epoch: 884 steps, one batch of each task per step, as many as Quora has batches)::
 
     python examples/hf_trainer_multitask.py --data-dir /path/to/cs224n/data
     python examples/hf_trainer_multitask.py --max-steps 3 --dev-rows 32   # a smoke test
