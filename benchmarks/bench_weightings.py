@@ -3,9 +3,9 @@
 The model, batches and layouts are ``bench_pcgrad.py``'s: a random BERT (hidden 256, 4 layers),
 three heads, batch 16 per task, sequence 64, Adam, CPU, 2 threads; layout S runs a separate
 forward per task, layout C one forward over the concatenated batch. Every weighting of
-``mtlkit.weighting`` is measured (``NAMES`` and ``by_name`` when the package has them, else the
-classes it exports), through ``mtlkit.MultiTaskOptimizer`` with the encoder as shared
-parameters, and beside it torchjd's aggregator of the same method (``mtl_backward`` then
+``mtlkit.weighting`` is measured (its ``NAMES``, built by ``by_name``), through
+``mtlkit.MultiTaskOptimizer`` with the encoder as shared parameters, and beside it torchjd's
+aggregator of the same method (``mtl_backward`` then
 ``jac_to_grad``) where torchjd has one. Each weighting is timed in rounds that run the plain
 step, mtlkit's and torchjd's once each, in a rotating order; a ratio is the median over rounds
 of the two times of the same round, so that load from other processes hits both alike. Step
@@ -46,26 +46,15 @@ GRAMIAN_TARGET, LOSS_TARGET, TORCHJD_TARGET = 1.15, 1.03, 3.0
 
 
 def discover() -> dict[str, object]:
-    """Every weighting of mtlkit.weighting, by lower-case name, built with its defaults."""
+    """Every weighting of mtlkit.weighting, by lower-case name, built with its defaults (the loss
+    weightings with the number of tasks: uncertainty needs it to own its log-variances)."""
     from mtlkit import weighting as w
 
-    if hasattr(w, "NAMES") and hasattr(w, "by_name"):
-        found = {}
-        for name in w.NAMES:
-            try:
-                found[name] = w.by_name(name)
-            except TypeError:  # the loss weightings need the number of tasks
-                found[name] = w.by_name(name, num_tasks=len(TASKS))
-        return found
     found = {}
-    for name in w.__all__:
-        cls = getattr(w, name)
-        bases = (w.Weighting, w.LossWeighting)
-        if isinstance(cls, type) and issubclass(cls, bases) and cls not in bases:
-            try:
-                found[name.lower()] = cls()
-            except TypeError as exc:  # needs arguments: say so rather than guess them
-                print(f"skipping {name}: {exc}")
+    for name in w.NAMES:
+        built = w.by_name(name)
+        found[name] = (w.by_name(name, num_tasks=len(TASKS))
+                       if isinstance(built, w.LossWeighting) else built)
     return found
 
 
