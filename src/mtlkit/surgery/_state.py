@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mtlkit.surgery._inputs import unique_params
+from mtlkit.weighting._seeded import host_generator
 
 STATE_VERSION = 2
 
@@ -45,18 +46,6 @@ def check_layout(extra: Mapping[str, Any], key: str, num_params: int) -> None:
 def load_layout(extra: Mapping[str, Any], params: Sequence[torch.Tensor]) -> set[int]:
     """The ids of the parameters :func:`layout_state` named (empty for a format-1 state)."""
     return {id(params[i]) for i in extra.get("auto_shared", [])}
-
-
-def host_generator(value: Any, where: str) -> torch.Tensor:
-    """A generator state as ``Generator.set_state`` needs it: a contiguous CPU uint8 tensor.
-
-    accelerate moves the whole optimizer state to the device, so the state may come back as a
-    CUDA tensor (or strided, or a copy): the bytes are what matter.
-    """
-    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
-        got = f"a tensor of {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
-        raise TypeError(f"{where}: expected a torch.Generator state (a uint8 tensor), got {got}")
-    return value.detach().to("cpu").contiguous()
 
 
 def with_host_generator(state: Any, where: str) -> Any:

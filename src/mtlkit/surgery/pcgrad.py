@@ -24,8 +24,8 @@ import torch
 from torch.optim import Optimizer
 
 from mtlkit.surgery._collectives import Sync
-from mtlkit.surgery._state import host_generator
 from mtlkit.surgery.optimizer import MultiTaskOptimizer, Reduction
+from mtlkit.weighting._seeded import host_generator
 from mtlkit.weighting.pcgrad import PCGrad as PCGradWeighting
 from mtlkit.weighting.pcgrad import pcgrad_weights
 

@@ -11,6 +11,7 @@ import torch
 
 from mtlkit.weighting._base import Weighting
 from mtlkit.weighting._linalg import normalized, to_device
+from mtlkit.weighting._seeded import Seeded
 from mtlkit.weighting.pcgrad import visiting_orders
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ def _root(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(0).sqrt()
 
 
-class GradVac(Weighting):
+class GradVac(Seeded, Weighting):
     r"""Gradient vaccine: raise each pair's cosine to its running target, not just above 0.
 
     PCGrad's generalisation (Wang et al., ICLR 2021, Algorithm 1): task ``i`` visits the others
@@ -64,12 +65,7 @@ class GradVac(Weighting):
         if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
             raise ValueError(f"GradVac: eps: expected a number >= 0, got {eps!r}")
         self.beta, self.eps = float(beta), float(eps)
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-        self._initial = self.generator.get_state()
+        self._seed(seed)
         self.targets: torch.Tensor | None = None
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
@@ -102,20 +98,18 @@ class GradVac(Weighting):
         self.targets = targets
         return coeffs.sum(0).to(gramian.dtype)
 
+    _extra_keys = ("targets",)
+
     def reset(self) -> None:
-        self.generator.set_state(self._initial)
+        super().reset()
         self.targets = None
 
     def state_dict(self) -> dict[str, Any]:
         targets = None if self.targets is None else self.targets.clone()
-        return {"generator": self.generator.get_state(), "targets": targets}
+        return {**super().state_dict(), "targets": targets}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or set(state) != {"generator", "targets"}:
-            raise ValueError(
-                f"GradVac: state: expected the keys ['generator', 'targets'], got {state!r}"
-            )
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         targets = state["targets"]
         self.targets = None if targets is None else targets.detach().clone().to(torch.float64)
 

@@ -8,13 +8,11 @@ the dot products alone: the method is a function of the Gramian.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from mtlkit.weighting._base import Weighting
 from mtlkit.weighting._linalg import to_device
+from mtlkit.weighting._seeded import Seeded
 
 
 def visiting_orders(num_tasks: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -76,7 +74,7 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
     return coeffs.sum(0)
 
 
-class PCGrad(Weighting):
+class PCGrad(Seeded, Weighting):
     """PCGrad as a weighting: the weights whose combination is the sum of projected gradients.
 
     Args:
@@ -101,23 +99,7 @@ class PCGrad(Weighting):
     """The visiting loop runs on the host: the optimizer hands it the host copy of the Gramian."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-        self._initial = self.generator.get_state()
+        self._seed(seed)
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         return pcgrad_weights(gramian, self.generator).to(gramian.dtype)
-
-    def reset(self) -> None:
-        self.generator.set_state(self._initial)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or set(state) != {"generator"}:
-            raise ValueError(f"PCGrad: state: expected the key ['generator'], got {state!r}")
-        self.generator.set_state(state["generator"])

@@ -3,16 +3,14 @@ Litmus Test for Multi-Task Learning")."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from mtlkit.weighting._base import Weighting
 from mtlkit.weighting._linalg import to_device
+from mtlkit.weighting._seeded import Seeded
 
 
-class Random(Weighting):
+class Random(Seeded, Weighting):
     """Random loss weighting (RLW): fresh weights ``softmax(z)``, ``z ~ N(0, I)``, at every call.
 
     Lin et al. (TMLR 2022, Algorithm 1 with the standard normal distribution) show that
@@ -35,24 +33,8 @@ class Random(Weighting):
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-        self._initial = self.generator.get_state()
+        self._seed(seed)
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         draw = torch.randn(gramian.shape[0], generator=self.generator, dtype=torch.float64)
         return to_device(draw.softmax(0).to(gramian.dtype), gramian.device)
-
-    def reset(self) -> None:
-        self.generator.set_state(self._initial)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or set(state) != {"generator"}:
-            raise ValueError(f"Random: state: expected the key ['generator'], got {state!r}")
-        self.generator.set_state(state["generator"])
