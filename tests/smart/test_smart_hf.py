@@ -106,3 +106,19 @@ def test_validation():
         hf_smart_inputs(bert, head, ids, inputs_embeds=torch.zeros(3, 8, 32))
     with pytest.raises(TypeError, match="get_input_embeddings"):
         hf_smart_inputs(torch.nn.Linear(2, 2), head, ids)
+
+
+def test_roberta_position_ids_found_inside_a_wrapper():
+    # RobertaForSequenceClassification keeps its embeddings at .roberta.embeddings: the helper
+    # must still pass padding-aware position ids, or the padded row's outputs differ
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=20, pad_token_id=1, num_labels=3)
+    model = transformers.RobertaForSequenceClassification(cfg).eval()
+    ids = torch.randint(3, 60, (2, 6))
+    ids[0, :2] = 1  # left padding: positions differ from 0..5 shifted by the padding index
+    mask = (ids != 1).long()
+    emb, fwd = hf_smart_inputs(model, lambda out: out.logits, ids, mask)
+    direct = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(fwd(emb), direct, atol=1e-6, rtol=1e-5)

@@ -84,13 +84,23 @@ def hf_smart_inputs(
     kwargs = dict(encoder_kwargs)
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
-    emb_module = getattr(encoder, "embeddings", None)
+    word_embeddings = get_embeddings()
+    emb_module = _embeddings_owning(encoder, word_embeddings)
     make_positions = getattr(emb_module, "create_position_ids_from_input_ids", None)
     if "position_ids" not in kwargs and make_positions is not None:
         kwargs["position_ids"] = make_positions(input_ids, emb_module.padding_idx)
-    embeddings = get_embeddings()(input_ids)
+    embeddings = word_embeddings(input_ids)
 
     def forward_fn(inputs_embeds: Tensor) -> Tensor:
         return head(encoder(inputs_embeds=inputs_embeds, **kwargs))
 
     return embeddings, forward_fn
+
+
+def _embeddings_owning(encoder: nn.Module, word_embeddings: nn.Module) -> nn.Module | None:
+    """The embedding block holding ``word_embeddings``, wherever a wrapper keeps it
+    (``model.embeddings``, ``model.roberta.embeddings``, a peft or LoRAMoE wrapper's base)."""
+    for module in encoder.modules():
+        if any(child is word_embeddings for child in module.children()):
+            return module
+    return None
