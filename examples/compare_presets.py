@@ -18,6 +18,10 @@ shared encoder); ``all`` means every name of ``mtlkit.weighting.NAMES``. The pre
 and the table's ``weighting`` column says which combined each run. Every run's flags are
 checked before the first one starts.
 
+``--jobs N`` trains N runs side by side, one process each (give each its share of the cores
+with ``--threads``: on 2 cores, ``--jobs 2 --threads 1``); the table is the same as one run
+after another, in the same order.
+
 Examples::
 
     # the Table 1 ablation, 3 hours of training shared by the rows
@@ -29,9 +33,9 @@ Examples::
     # Table 2: learning rate and dropout sweeps of one preset
     python examples/compare_presets.py --presets ce-interleaved-clip --sweep lr=1e-5,5e-5 \\
         --sweep dropout=0.1,0.3 --budget-minutes 120 --out runs/table2
-    # every weighting of mtlkit beside the plain sum, at equal steps
+    # every weighting of mtlkit beside the plain sum, at equal steps, two runs at a time
     python examples/compare_presets.py --presets ce-interleaved-clip --weightings all \\
-        --epochs 1 --steps-per-epoch 150 --out runs/weightings
+        --epochs 1 --steps-per-epoch 150 --jobs 2 --threads 1 --out runs/weightings
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +133,27 @@ def markdown_table(results: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
+def _train(argv: list[str]) -> dict[str, Any]:
+    return cli.main(argv)
+
+
+def train_runs(argvs: list[list[str]], jobs: int) -> list[dict[str, Any]]:
+    """Each run's metrics, in the order of ``argvs``: one after another, or ``jobs`` at a time
+    in fresh processes (spawned, so that no thread pool or lock of this process is inherited)."""
+    if jobs == 1:
+        return [_train(argv) for argv in argvs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_configure_logging) as pool:
+        return list(pool.map(_train, argvs))
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), required=True,
@@ -146,9 +173,13 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--weightings", nargs="+", default=None, metavar="NAME",
                    help="also run every preset with each of these mtlkit.weighting names "
                    "('all': every one of mtlkit.weighting.NAMES), e.g. pcgrad upgrad mgda")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained side by side, one process each (with --threads: the "
+                   "cores each run uses)")
     args, rest = p.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
+    if args.jobs < 1:
+        p.error(f"--jobs: expected a positive number of processes, got {args.jobs}")
     sweeps = []
     for item in args.sweep:
         flag, _, values = item.partition("=")
@@ -167,7 +198,7 @@ def main(argv: list[str] | None = None) -> str:
             cli.parse_args([*rest, *extra, "--data-dir", "-"])
         except (ValueError, SystemExit) as e:
             p.error(f"run {name!r}: {e}")
-    results: list[tuple[str, dict[str, Any]]] = []
+    argvs = []
     for i, (name, extra) in enumerate(runs):
         out = Path(args.out) / f"{i:02d}-{name.replace(' ', '_').replace('=', '-')}"
         if args.budget_minutes is not None:
@@ -182,7 +213,8 @@ def main(argv: list[str] | None = None) -> str:
             steps = steps_for_examples(args.budget_examples, [*rest, *extra])
             budget = ["--max-steps", str(steps)]
             logger.info("run %d/%d: %s (%d steps) -> %s", i + 1, len(runs), name, steps, out)
-        results.append((name, cli.main([*rest, *extra, "--out", str(out), *budget])))
+        argvs.append([*rest, *extra, "--out", str(out), *budget])
+    results = list(zip([name for name, _ in runs], train_runs(argvs, args.jobs), strict=True))
     table = markdown_table(results)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.md").write_text(table + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import write_rows
+from pipeline_helpers import assert_same_weights, write_rows
 
 import bert_sst_qqp_sts as cli
 from multitask_bert.checkpoint import load_checkpoint
@@ -253,3 +253,35 @@ def test_the_same_tasks_from_the_hub_source(tiny_model_dir: Path, tmp_path: Path
     ids = [line.split(",")[0] for line in
            (tmp_path / "out" / "predictions" / "qqp-test.csv").read_text().splitlines()[1:]]
     assert len(ids) == len(QQP["test"])
+
+
+def test_compare_driver_jobs_match_one_after_another(tiny_model_dir: Path, data_dir: Path,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs 2 trains the runs in other processes (this process's pipeline is disabled for
+    it); each run's scores and weights are those of the same run trained here."""
+    import compare_presets
+
+    def compare(out: Path, *jobs: str) -> dict:
+        compare_presets.main([
+            "--presets", "ce", "ce-interleaved", "--out", str(out), "--model",
+            str(tiny_model_dir), "--data-dir", str(data_dir), "--epochs", "1", "--max-steps",
+            "2", "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every", "0",
+            "--no-plots", "--threads", "1", *jobs])
+        return json.loads((out / "results.json").read_text())
+
+    alone = compare(tmp_path / "one")
+
+    def not_here(argv: list[str]) -> dict:
+        raise AssertionError("--jobs 2 trained a run in the driver's own process")
+
+    monkeypatch.setattr(cli, "main", not_here)
+    side_by_side = compare(tmp_path / "two", "--jobs", "2")
+    assert list(side_by_side) == list(alone) == ["ce", "ce-interleaved"]
+    for name in alone:
+        assert side_by_side[name]["best_dev"] == pytest.approx(alone[name]["best_dev"])
+    for run in ("00-ce", "01-ce-interleaved"):
+        assert_same_weights(tmp_path / "one" / run / "checkpoints" / "last",
+                            tmp_path / "two" / run / "checkpoints" / "last", atol=0)
+    with pytest.raises(SystemExit):
+        compare_presets.main(["--presets", "ce", "--jobs", "0", "--data-dir", str(data_dir)])
