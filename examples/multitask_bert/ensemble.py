@@ -6,7 +6,8 @@ its first epoch, Quora and STS-B gain little in the third), so part of the budge
 as a second model than as more epochs of the first. The members are ordinary runs (any flags:
 the same recipe at different seeds, or models of some tasks only, ``--tasks``); each is loaded
 from its ``metrics.json`` configuration and its best checkpoint and run over the dev and test
-sets once, and each task averages the members trained on it.
+sets once (or its saved outputs of them are used: :mod:`~multitask_bert.saved_outputs`), and
+each task averages the members trained on it.
 
 Averaging: SST-5 the members' class probabilities (the combined output is their log, so
 :func:`~multitask_bert.model.predict` takes the argmax of the mean probability); QQP the
@@ -42,6 +43,7 @@ from .report import (
     write_plots,
     write_predictions,
 )
+from .saved_outputs import load_outputs, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -102,20 +104,32 @@ class Member:
         return cls(out, RunConfig.from_metrics(path), json.loads(path.read_text()))
 
     def outputs(self, splits: dict[str, dict[str, TaskSplit]], device: torch.device,
-                batch_size: int = 64, progress: bool = False
+                batch_size: int = 64, progress: bool = False, saved: bool = True
                 ) -> dict[tuple[str, str], torch.Tensor]:
         """The raw outputs of the member's best checkpoint, per ``(task, split)`` of the tasks
         it was trained on, made the way its run made its own predictions (its tokenization,
-        ``--symmetric-eval``, ``--precision``, ``--pair-feature``)."""
+        ``--symmetric-eval``, ``--precision``, ``--pair-feature``).
+
+        With ``saved``, the outputs its run saved (:mod:`~multitask_bert.saved_outputs`) are
+        used where they are of the same weights and rows; the model runs only when some are
+        missing."""
         cfg = self.config
+        wanted = {(t, s): splits[s][t] for s in splits for t in cfg.tasks if t in splits[s]}
+        state, _, where = load_latest(self.out / "checkpoints" / "best")
+        if saved:
+            kept = load_outputs(self.out, wanted, weights_digest(where))
+            if kept.keys() == wanted.keys():
+                logger.info("%s: its saved outputs of %s", self.out,
+                            ", ".join(f"{t} {s}" for t, s in kept))
+                return kept
         model, tokenizer = build_model(cfg)
-        model.load_state_dict(load_latest(self.out / "checkpoints" / "best")[0])
+        model.load_state_dict(state)
         model.to(device)
         precision = resolve_precision(cfg.precision, device, log=False)
         cache = TokenCache(tokenizer, cfg.max_length, cfg.pad_multiple)
         sets: dict[tuple[str, str], TokenizedTask] = {
-            (t, s): cache.get(splits[s][t], cfg.encoding, cfg.symmetric_eval)
-            for s in splits for t in cfg.tasks if t in splits[s]}
+            key: cache.get(split, cfg.encoding, cfg.symmetric_eval)
+            for key, split in wanted.items()}
         if cfg.pair_feature != "none":
             features = CosineFeatures(cfg.model, device, precision.bf16, cfg.max_length)
             for (t, _), ds in sets.items():

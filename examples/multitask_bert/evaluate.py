@@ -61,13 +61,15 @@ def overall_score(sst_acc: float, qqp_acc: float, sts_corr: float) -> float:
 
 @dataclass
 class Predictions:
-    """Per-row predictions of one split, in file order."""
+    """Per-row predictions of one split, in file order; ``outputs`` the model's raw outputs
+    they were made from (:func:`model_outputs`), when known."""
 
     task: str
     ids: list[str]
     pred: list[float]
     confidence: list[float]
     gold: list[float] | None
+    outputs: torch.Tensor | None = None
 
     def metric(self) -> float:
         """Accuracy (SST, QQP) or Pearson (STS) against the gold labels."""
@@ -142,23 +144,25 @@ def predict_split(model: MultiTaskBert, ds: TokenizedTask, batch_size: int,
     """
     env = env or DistEnv(device=device)
     outputs = _rank_outputs(model, ds, batch_size, device, precision, env, symmetric, progress)
-    rows: list[tuple[int, float, float]] = []
+    rows: list[tuple[int, float, float, torch.Tensor]] = []
     if outputs:
         idx = list(outputs)
         p, c = predict(ds.task, torch.stack([outputs[i] for i in idx]))
-        rows = list(zip(idx, p.tolist(), c.tolist(), strict=True))
+        rows = list(zip(idx, p.tolist(), c.tolist(), [outputs[i] for i in idx], strict=True))
     n = len(ds)
     pred: list[float] = [0.0] * n
     conf: list[float] = [0.0] * n
+    raw = [torch.empty(0)] * n  # every row is filled in (checked below)
     seen = 0
     for part in all_gather_objects(rows, env):
-        for i, pi, ci in part:
-            pred[i], conf[i] = pi, ci
+        for i, pi, ci, oi in part:
+            pred[i], conf[i], raw[i] = pi, ci, oi
         seen += len(part)
     if seen != n:
         raise RuntimeError(f"{ds.task}: gathered {seen} predictions for {n} rows")
     gold = None if ds.split.labels is None else [float(y) for y in ds.split.labels]
-    return Predictions(ds.task, list(ds.split.ids), pred, conf, gold)
+    return Predictions(ds.task, list(ds.split.ids), pred, conf, gold,
+                       torch.stack(raw) if n else None)
 
 
 def dev_scores(preds: dict[str, Predictions]) -> dict[str, float]:

@@ -15,44 +15,56 @@ from .model import MultiTaskBert
 from .precision import Precision
 from .report import errors_markdown, qqp_rates, write_metrics, write_plots, write_predictions
 from .run_state import RunState
+from .saved_outputs import save_outputs, weights_digest
 
 logger = logging.getLogger(__name__)
 
 
-def load_best(model: MultiTaskBert, out: Path, env: DistEnv) -> bool:
-    """Load ``out``'s best checkpoint into ``model`` on every rank; False when there is none."""
+def load_best(model: MultiTaskBert, out: Path, env: DistEnv) -> str | None:
+    """Load ``out``'s best checkpoint into ``model`` on every rank; the digest of its weights
+    (:func:`~multitask_bert.saved_outputs.weights_digest`, on the main process), or None when
+    there is no best checkpoint."""
     best = out / "checkpoints" / "best"
     if not broadcast_object(best.exists() or best.with_name("best.previous").exists(), env):
-        return False
+        return None
+    digest = ""
     if env.is_main:
-        model.load_state_dict(load_latest(best)[0])
+        state, _, where = load_latest(best)
+        model.load_state_dict(state)
+        digest = weights_digest(where)
     broadcast_module(model, env)
-    return True
+    return digest
 
 
 def finish(cfg: RunConfig, model: MultiTaskBert, data: Any, state: RunState, env: DistEnv,
            precision: Precision, eval_bs: int, start: float,
            extra: dict[str, Any]) -> dict[str, Any]:
-    """Predict dev and test with the best checkpoint, write the reports (rank 0) and return
-    the metrics (on every rank)."""
+    """Predict dev and test with the best checkpoint, write the reports and the raw outputs
+    (:mod:`~multitask_bert.saved_outputs`, for ensembles) on rank 0, and return the metrics
+    (on every rank)."""
     out = Path(cfg.out)
-    if not load_best(model, out, env):
+    weights = load_best(model, out, env)
+    if weights is None:
         logger.warning("no best checkpoint (no epoch finished); predicting with the last weights")
     main = env.is_main
     dev_preds: dict[str, Predictions] = {}
+    outputs: dict[tuple[str, str], Predictions] = {}
 
     def predict(split: str, task: str) -> Predictions:
         return predict_split(model, data.get(split, task), eval_bs, env.device, precision, env,
                              cfg.symmetric_eval, cfg.progress)
 
     for t in cfg.tasks:
-        dev_preds[t] = predict("dev", t)
+        dev_preds[t] = outputs[(t, "dev")] = predict("dev", t)
         if main:
             write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
         if t in data.splits["test"]:
-            test_preds = predict("test", t)
+            outputs[(t, "test")] = test_preds = predict("test", t)
             if main:
                 write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
+    if main and weights is not None:
+        save_outputs(out, {k: p.outputs for k, p in outputs.items() if p.outputs is not None},
+                     {(t, s): data.splits[s][t] for t, s in outputs}, weights)
     final_dev = dev_scores(dev_preds)
     plots = [] if not cfg.plots or not main else [str(p.relative_to(out)) for p in
                                                  write_plots(out / "plots", dev_preds)]

@@ -62,6 +62,7 @@ def test_model_outputs_give_predict_splits_predictions(tiny_model_dir: Path,
         assert out.shape[0] == len(ds)
         want = predict_split(model, ds, 5, torch.device("cpu"), symmetric=True)
         assert predict(task, out)[0].tolist() == want.pred
+        torch.testing.assert_close(want.outputs, out)  # what a run saves for ensembles
 
 
 def _tiny_flags(model: Path, data: Path) -> list[str]:
@@ -154,6 +155,40 @@ def test_one_member_ensemble_reproduces_its_run(tiny_model_dir: Path, data_dir: 
         want = _predictions(tmp_path / "run" / "predictions" / f"{name}.csv")
         assert got == pytest.approx(want, abs=1e-5), name
     assert sorted(p.name for p in (tmp_path / "ens" / "plots").iterdir())
+
+
+def test_members_saved_outputs_replace_running_them(tiny_model_dir: Path, data_dir: Path,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished run saves its best checkpoint's outputs; an ensemble takes them instead of
+    running the member's model, but only for the same weights and the same rows."""
+    import bert_sst_qqp_sts as cli
+    from multitask_bert import ensemble
+
+    cli.main([*_tiny_flags(tiny_model_dir, data_dir), "--max-steps", "2",
+              "--out", str(tmp_path / "run")])
+    splits = {"dev": {t: read_split(data_dir, t, "dev") for t in ("sst", "qqp", "sts")},
+              "test": {t: read_split(data_dir, t, "test") for t in ("sst", "sts")}}
+    member = Member.read(tmp_path / "run")
+    fresh = member.outputs(splits, torch.device("cpu"), saved=False)  # the model, run again
+
+    def no_model(cfg: object) -> None:
+        raise AssertionError("the member's model was built")
+
+    monkeypatch.setattr(ensemble, "build_model", no_model)
+    kept = member.outputs(splits, torch.device("cpu"))
+    assert kept.keys() == fresh.keys() and len(kept) == 5
+    for key in fresh:
+        torch.testing.assert_close(kept[key], fresh[key], atol=1e-5, rtol=1e-4, msg=str(key))
+    other_rows = {"dev": {"sst": splits["dev"]["sst"].subset([1, 0])}}
+    with pytest.raises(AssertionError, match="model was built"):
+        member.outputs(other_rows, torch.device("cpu"))
+    from multitask_bert.saved_outputs import load_outputs, weights_digest
+
+    sst_dev = {("sst", "dev"): splits["dev"]["sst"]}
+    weights = weights_digest(tmp_path / "run" / "checkpoints" / "best")
+    assert load_outputs(tmp_path / "run", sst_dev, weights).keys() == sst_dev.keys()
+    assert load_outputs(tmp_path / "run", sst_dev, "0" * 64) == {}  # other weights
 
 
 def test_ensemble_needs_a_member_for_every_task(tiny_model_dir: Path, data_dir: Path,
