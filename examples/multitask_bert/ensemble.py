@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_latest
+from .checkpoint import load_latest, previous_path
 from .config import RunConfig
 from .data import TaskSplit, TokenCache, TokenizedTask, subsample
 from .evaluate import Predictions, dev_scores, model_outputs
@@ -115,15 +115,16 @@ class Member:
         missing."""
         cfg = self.config
         wanted = {(t, s): splits[s][t] for s in splits for t in cfg.tasks if t in splits[s]}
-        state, _, where = load_latest(self.out / "checkpoints" / "best")
-        if saved:
-            kept = load_outputs(self.out, wanted, weights_digest(where))
+        best = self.out / "checkpoints" / "best"
+        if saved:  # the manifest's digest only: the weights are read when the model must run
+            listed = best if (best / "manifest.json").is_file() else previous_path(best)
+            kept = load_outputs(self.out, wanted, weights_digest(listed))
             if kept.keys() == wanted.keys():
                 logger.info("%s: its saved outputs of %s", self.out,
                             ", ".join(f"{t} {s}" for t, s in kept))
                 return kept
         model, tokenizer = build_model(cfg)
-        model.load_state_dict(state)
+        model.load_state_dict(load_latest(best)[0])
         model.to(device)
         precision = resolve_precision(cfg.precision, device, log=False)
         cache = TokenCache(tokenizer, cfg.max_length, cfg.pad_multiple)

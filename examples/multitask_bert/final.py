@@ -47,24 +47,24 @@ def finish(cfg: RunConfig, model: MultiTaskBert, data: Any, state: RunState, env
     if weights is None:
         logger.warning("no best checkpoint (no epoch finished); predicting with the last weights")
     main = env.is_main
-    dev_preds: dict[str, Predictions] = {}
-    outputs: dict[tuple[str, str], Predictions] = {}
+    predictions: dict[tuple[str, str], Predictions] = {}
 
     def predict(split: str, task: str) -> Predictions:
         return predict_split(model, data.get(split, task), eval_bs, env.device, precision, env,
                              cfg.symmetric_eval, cfg.progress)
 
     for t in cfg.tasks:
-        dev_preds[t] = outputs[(t, "dev")] = predict("dev", t)
+        predictions[(t, "dev")] = predict("dev", t)
         if main:
-            write_predictions(out / "predictions" / f"{t}-dev.csv", dev_preds[t])
+            write_predictions(out / "predictions" / f"{t}-dev.csv", predictions[(t, "dev")])
         if t in data.splits["test"]:
-            outputs[(t, "test")] = test_preds = predict("test", t)
+            predictions[(t, "test")] = test_preds = predict("test", t)
             if main:
                 write_predictions(out / "predictions" / f"{t}-test.csv", test_preds)
     if main and weights is not None:
-        save_outputs(out, {k: p.outputs for k, p in outputs.items() if p.outputs is not None},
-                     {(t, s): data.splits[s][t] for t, s in outputs}, weights)
+        save_outputs(out, {k: p.outputs for k, p in predictions.items() if p.outputs is not None},
+                     {(t, s): data.splits[s][t] for t, s in predictions}, weights)
+    dev_preds = {t: predictions[(t, "dev")] for t in cfg.tasks}
     final_dev = dev_scores(dev_preds)
     plots = [] if not cfg.plots or not main else [str(p.relative_to(out)) for p in
                                                  write_plots(out / "plots", dev_preds)]
