@@ -2,8 +2,11 @@
 
 Each task gets one DataLoader whose batches hold sentences of similar length, so dynamic
 padding wastes little compute: transformers' ``LengthGroupedSampler`` shuffles the rows, cuts
-them into mega-batches of 50 batches, and sorts each by length (the longest batch first).
-With ``--pair-swap`` a :class:`PairSwapSampler` shows each pair in a random order. Every
+them into mega-batches of 50 batches, and sorts each by length (the longest batch first), so
+the batch lengths run in a saw-tooth through the epoch; ``--batch-order shuffled``
+(:class:`ShuffledBatches`) keeps the same batches and draws their order at random, as the
+pipeline did before it used the library's loader. With ``--pair-swap`` a
+:class:`PairSwapSampler` shows each pair in a random order. Every
 schedule of the pipeline (interleaved, sequential, the sampled modes) is then
 :class:`mtlkit.MultiTaskLoader` over those loaders (:func:`multitask_loader`): it seeds each
 loader's generator from ``(seed, epoch, task, pass)``, so a pass's order is a function of the
@@ -16,6 +19,7 @@ Under torchrun every rank draws the same global batches and keeps its shard of t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +29,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import mtlkit
 
+from .config import BATCH_ORDERS
 from .data import TokenizedTask
 from .distributed import DistEnv, ShardCollate
 
@@ -53,15 +58,44 @@ class PairSwapSampler(Sampler[int]):
         return len(self.inner)
 
 
+class ShuffledBatches(Sampler[list[int]]):
+    """The batches of ``BatchSampler(sampler, batch_size)``, in an order drawn from ``generator``.
+
+    Over a ``LengthGroupedSampler`` the batches keep their similar lengths (the padding saving)
+    but lose the grouper's longest-first order within each mega-batch. The order is drawn after
+    ``sampler``'s own draws, so a pass is a function of the generator's seed (what
+    ``MultiTaskLoader`` relies on to resume mid-epoch).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> batches = list(ShuffledBatches(range(10), 4, g))
+    >>> sorted(len(b) for b in batches), sorted(i for b in batches for i in b) == list(range(10))
+    ([2, 4, 4], True)
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, generator: torch.Generator) -> None:
+        self.sampler, self.batch_size, self.generator = sampler, batch_size, generator
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # a generator, so the draws happen at the first next() as BatchSampler's do: after the
+        # DataLoader has drawn its base seed from the same generator
+        batches = list(BatchSampler(self.sampler, self.batch_size, drop_last=False))
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        yield from (batches[i] for i in order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
 def task_loader(ds: TokenizedTask, batch_size: int, seed: int = 0,
                 collate: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
-                swap_pairs: bool = False) -> DataLoader:
+                swap_pairs: bool = False, batch_order: str = "grouped") -> DataLoader:
     """A DataLoader of length-grouped, shuffled training batches of ``ds``.
 
     One generator drives the shuffle (and the pair orders), the one ``MultiTaskLoader``
     seeds for every pass; iterating never draws from the global RNG. ``collate`` replaces
     ``ds.collate`` (under torchrun a ``ShardCollate``). ``swap_pairs`` applies where ``ds``
-    holds both orders of its pairs.
+    holds both orders of its pairs. ``batch_order`` is ``"grouped"`` (the grouper's order) or
+    ``"shuffled"`` (:class:`ShuffledBatches`).
 
     >>> from multitask_bert.data import TaskSplit
     >>> class Tok:
@@ -75,19 +109,25 @@ def task_loader(ds: TokenizedTask, batch_size: int, seed: int = 0,
     >>> sorted(len(b["index"]) for b in loader)
     [1, 2]
     """
+    if batch_order not in BATCH_ORDERS:
+        raise ValueError(f"batch_order: expected one of {BATCH_ORDERS}, got {batch_order!r}")
     generator = torch.Generator().manual_seed(seed)
     sampler: Sampler[int] = LengthGroupedSampler(batch_size, lengths=ds.lengths,
                                                  generator=generator)
     if swap_pairs and ds.has_both_orders:
         sampler = PairSwapSampler(sampler, len(ds), generator)
-    return DataLoader(ds, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                      collate_fn=collate or ds.collate, generator=generator)
+    batches: Sampler[list[int]] = (ShuffledBatches(sampler, batch_size, generator)
+                                   if batch_order == "shuffled" else
+                                   BatchSampler(sampler, batch_size, drop_last=False))
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate or ds.collate,
+                      generator=generator)
 
 
 def multitask_loader(train_sets: Mapping[str, TokenizedTask], batch_sizes: Mapping[str, int],
                      mode: str, seed: int, env: DistEnv | None = None,
                      steps_per_epoch: int | None = None, swap_pairs: bool = False,
-                     equal_shards: bool = False) -> mtlkit.MultiTaskLoader:
+                     equal_shards: bool = False,
+                     batch_order: str = "grouped") -> mtlkit.MultiTaskLoader:
     """``mtlkit.MultiTaskLoader`` over one :func:`task_loader` per task.
 
     ``mode`` is the loader's (``"interleaved"`` yields ``{task: batch}``, the others
@@ -99,7 +139,8 @@ def multitask_loader(train_sets: Mapping[str, TokenizedTask], batch_sizes: Mappi
     loaders = {}
     for k, (task, ds) in enumerate(train_sets.items()):
         collate = ShardCollate(ds.collate, env, equal=equal_shards) if env.distributed else None
-        loaders[task] = task_loader(ds, batch_sizes[task], seed + k, collate, swap_pairs)
+        loaders[task] = task_loader(ds, batch_sizes[task], seed + k, collate, swap_pairs,
+                                    batch_order)
     extra: dict[str, Any] = {} if mode == "sequential" else {"steps_per_epoch": steps_per_epoch}
     return mtlkit.MultiTaskLoader(loaders, mode=mode, seed=seed, carry_over=True, **extra)
 

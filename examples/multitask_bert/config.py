@@ -25,6 +25,7 @@ WHAT, INGREDIENTS, HYPER, BUDGET, OUTPUT = (
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SELECT_MODES = ("overall", "per-task")  # which weights are kept as best (see selection.py)
+BATCH_ORDERS = ("grouped", "shuffled")  # a task's training batches in order (see batching.py)
 
 
 def _opt(default: Any, help: str, group: str, **meta: Any) -> Any:
@@ -169,6 +170,10 @@ class RunConfig:
                              HYPER)
     pair_swap: bool = _opt(False, "train on each QQP/STS pair in a random order, drawn anew "
                            "every pass (cross encoding only)", HYPER)
+    batch_order: str = _opt("grouped", "grouped: each task's length-grouped batches in "
+                            "transformers' LengthGroupedSampler order (in each group of 50, "
+                            "the longest first); shuffled: the same batches in a random order",
+                            HYPER, choices=BATCH_ORDERS)
     symmetric_eval: bool = _opt(False, "predict QQP/STS pairs from the average of both "
                                 "orders' outputs (cross encoding only)", HYPER)
     pair_feature: str = _opt("none", "cosine: give the QQP and STS heads the frozen "

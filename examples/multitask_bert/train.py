@@ -64,7 +64,7 @@ class Trainer:
                        layerwise_param_groups(model, cfg.lr, cfg.layer_lr_decay))
         self.loader = multitask_loader(
             train_sets, {t: cfg.batch_size_for(t) for t in self.tasks}, cfg.schedule, cfg.seed,
-            self.env, cfg.steps_per_epoch, cfg.pair_swap)
+            self.env, cfg.steps_per_epoch, cfg.pair_swap, batch_order=cfg.batch_order)
         self.base_opt = adamw(groups, cfg.lr)
         self.combining = cfg.weighting is not None
         self.opt: Any = (gradient_combiner(self.base_opt, model, cfg.weighting, cfg.seed,

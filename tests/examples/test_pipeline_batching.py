@@ -53,6 +53,30 @@ def test_length_grouped_batches_cover_every_row_with_little_padding() -> None:
     assert [b["index"].tolist() for b in loader] == again != batches
 
 
+def test_shuffled_order_keeps_the_grouped_batches_and_breaks_the_saw_tooth() -> None:
+    lengths = [(i * 7) % 23 + 1 for i in range(2000)]
+    grouped = [b["index"].tolist() for b in task_loader(_dataset(lengths), 8, seed=3)]
+    shuffled = [b["index"].tolist()
+                for b in task_loader(_dataset(lengths), 8, seed=3, batch_order="shuffled")]
+    # the same batches (the grouper's draws come first), in another order
+    assert sorted(shuffled) == sorted(grouped) and shuffled != grouped
+
+    def longest(batches: list[list[int]]) -> list[int]:
+        return [max(lengths[i] for i in b) for b in batches]
+
+    # grouped: inside each mega-batch of 50 batches the lengths never rise (longest first)
+    g = longest(grouped)
+    assert all(g[k] >= g[k + 1] for k in range(len(g) - 1) if (k + 1) % 50)
+    s = longest(shuffled)
+    rises = sum(s[k] < s[k + 1] for k in range(len(s) - 1))
+    assert rises > len(s) // 4
+
+
+def test_unknown_batch_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_order: expected one of"):
+        task_loader(_dataset([3] * 8), 4, batch_order="sorted")
+
+
 def test_iterating_never_draws_from_the_global_rng() -> None:
     loader = task_loader(_dataset([3] * 40), batch_size=4, seed=0)
     torch.manual_seed(0)
@@ -120,19 +144,21 @@ def test_interleaved_epochs_continue_the_smaller_tasks_pass() -> None:
         assert rows == list(range(16)), (k, b_batches)
 
 
+@pytest.mark.parametrize("order", ["grouped", "shuffled"])
 @pytest.mark.parametrize("mode", ["interleaved", "sequential", "round_robin"])
-def test_resume_mid_epoch_yields_the_rest_exactly(mode: str) -> None:
+def test_resume_mid_epoch_yields_the_rest_exactly(mode: str, order: str) -> None:
     sizes = {"a": 4, "b": 4}
-    full = multitask_loader(_tasks(), sizes, mode, seed=7, swap_pairs=True)
+    kw = {"swap_pairs": True, "batch_order": order}
+    full = multitask_loader(_tasks(), sizes, mode, seed=7, **kw)
     from multitask_bert.batching import as_task_batches
 
     epochs = [_indices([as_task_batches(x) for x in full]) for _ in range(2)]
-    cut = multitask_loader(_tasks(), sizes, mode, seed=7, swap_pairs=True)
+    cut = multitask_loader(_tasks(), sizes, mode, seed=7, **kw)
     list(cut)  # epoch 0
     it = iter(cut)
     head = [as_task_batches(next(it)) for _ in range(3)]
     state = cut.state_dict()
-    again = multitask_loader(_tasks(), sizes, mode, seed=7, swap_pairs=True)
+    again = multitask_loader(_tasks(), sizes, mode, seed=7, **kw)
     again.load_state_dict(state)
     rest = [as_task_batches(x) for x in again]
     assert _indices(head) + _indices(rest) == epochs[1]
