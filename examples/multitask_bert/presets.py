@@ -46,7 +46,7 @@ RECIPES: dict[str, RunConfig] = {
     "best": dataclasses.replace(
         PRESETS["ce-mixture-clip"], preset="best", pad_multiple=8, pooling="mean", lr=8e-5,
         lr_schedule="linear", epochs=2, ema=0.999, dropout=0.1, select="per-task",
-        pair_swap=True, symmetric_eval=True, out="runs/best",
+        pair_swap=True, symmetric_eval=True, batch_order="shuffled", out="runs/best",
         ensemble=(MemberGroup(2, {"tasks": ("qqp", "sts")}, 0.7),
                   MemberGroup(3, {"tasks": ("sst",)}, 0.3))),
 }
