@@ -236,7 +236,8 @@ def main() -> None:
     found = discover()
     names = [n for n in found if not args.only or n in args.only.split(",")]
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weightings: "
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; weightings: "
           f"{', '.join(names)}\n")
     print(HEADER, flush=True)
     rows = {}
