@@ -39,9 +39,11 @@ _env = pipeline_env
 
 
 def _flags(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    # float32 on every CPU (`auto` would pick bf16 where it is native; 2 ranks against 1 is
+    # compared to float32 rounding)
     return ["--model", str(model), "--data-dir", str(data), "--out", str(out),
             "--max-length", "32", "--no-progress", "--threads", "1", "--no-plots",
-            "--deterministic", *extra]
+            "--deterministic", "--precision", "fp32", *extra]
 
 
 def _torchrun(flags: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
