@@ -63,12 +63,10 @@ def run_tiny_clip(model: Path, data: Path, out: Path, *extra: str) -> dict:
     no plots, ``extra`` flags last (they win)."""
     import bert_sst_qqp_sts as cli
 
-    # float32 unless a test asks otherwise: `auto` picks bf16 on a CPU with native bf16, and
-    # the exact comparisons (resume, ranks) are of float32 runs
     return cli.main(["--model", str(model), "--data-dir", str(data), "--out", str(out),
                      "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every",
                      "0", "--threads", "1", "--no-plots", "--preset", "ce-interleaved-clip",
-                     "--lr", "1e-3", "--precision", "fp32", *extra])
+                     "--lr", "1e-3", *extra])
 
 
 def pipeline_env() -> dict[str, str]:

@@ -23,7 +23,7 @@ PLAIN = [p for p in PRESETS if p not in NEEDS]
 def _run(model: Path, data: Path, out: Path, *extra: str) -> dict:
     argv = ["--model", str(model), "--data-dir", str(data), "--out", str(out), "--epochs", "1",
             "--batch-size", "4", "--max-length", "32", "--no-progress", "--log-every", "0",
-            "--threads", "1", "--precision", "fp32", *extra]  # bf16 only where a test asks
+            "--threads", "1", *extra]
     return cli.main(argv)
 
 
