@@ -56,8 +56,13 @@ def _ridge_slack(gram: torch.Tensor, w: torch.Tensor) -> float:
     return 2e-9 * float(gram.diagonal().sum()) * (1 + float(w.abs().max()))
 
 
-def _close_updates(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-6) -> None:
-    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.norm()) + 1e-12)
+def _close_updates(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-6,
+                   jac: torch.Tensor | None = None) -> None:
+    """``a`` equals ``b`` up to ``rtol``; with ``jac``, also up to 1e-9 of its largest gradient:
+    where the true update is 0 (gradients in full conflict) both are float64 residuals of the
+    solver, whose size follows the gradients' scale, not the update's."""
+    floor = 1e-12 if jac is None else 1e-9 * float(jac.norm(dim=1).max())
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.norm()) + floor)
 
 
 # Weights are unique only for linearly independent gradients (else any null-space shift of w
@@ -102,7 +107,7 @@ def test_common_scale_does_not_change_the_weights(jac, scale, name):
     method = weighting.by_name(name)
     d = method(jac @ jac.T) @ jac
     big = jac * scale
-    _close_updates(method(big @ big.T) @ big, d * scale)
+    _close_updates(method(big @ big.T) @ big, d * scale, jac=big)
 
 
 @settings(max_examples=60, deadline=None)
