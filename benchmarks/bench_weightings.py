@@ -2,7 +2,9 @@
 
 The model, batches and layouts are ``bench_pcgrad.py``'s: a random BERT (hidden 256, 4 layers),
 three heads, batch 16 per task, sequence 64, Adam, CPU, 2 threads; layout S runs a separate
-forward per task, layout C one forward over the concatenated batch. Every weighting of
+forward per task, layout C one forward over the concatenated batch. In C, mtlkit runs inside
+``MultiTaskOptimizer.stacked`` (one backward, split by the tasks' rows); ``--layouts C-tasks``
+measures C with a backward per task instead (mtlkit without ``stacked``). Every weighting of
 ``mtlkit.weighting`` is measured (its ``NAMES``, built by ``by_name``), through
 ``mtlkit.MultiTaskOptimizer`` with the encoder as shared parameters, and beside it torchjd's
 aggregator of the same method (``mtl_backward`` then
@@ -12,7 +14,7 @@ of the two times of the same round, so that load from other processes hits both 
 times are medians; memory is the peak RSS growth (VmHWM) of a fresh process per method.
 
     python benchmarks/bench_weightings.py [--steps 10] [--warmup 2] [--only pcgrad,mgda]
-                                          [--layouts S,C] [--no-memory] [--threads 2]
+                                          [--layouts S,C,C-tasks] [--no-memory] [--threads 2]
 
 Targets: every Gramian weighting at most 1.15x plain in S, every loss-based one at most 1.03x,
 each at least 3x faster than torchjd's same method. The last line is
@@ -32,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from bench_pcgrad import (
+    BATCH,
     TASKS,
     THREADS,
     _status_kib,
@@ -43,6 +46,7 @@ from bench_pcgrad import (
 )
 
 GRAMIAN_TARGET, LOSS_TARGET, TORCHJD_TARGET = 1.15, 1.03, 3.0
+LAYOUTS = ("S", "C", "C-tasks")
 
 
 def discover() -> dict[str, object]:
@@ -78,6 +82,7 @@ def torchjd_aggregator(name: str, weighting: object):
 
 
 def _features(encoder, batches, layout: str):
+    """The features per task, and the tensors torchjd's ``mtl_backward`` takes as features."""
     if layout == "S":
         feats = features_separate(encoder, batches)
         return feats, [feats[t] for t in TASKS]
@@ -100,10 +105,17 @@ def build(method: str, name: str, layout: str) -> Callable[[dict], None]:
         opt = MultiTaskOptimizer(torch.optim.Adam([*params, *extra], lr=1e-4), weighting,
                                  shared_params=list(encoder.parameters()) if gramian else None)
 
+        rows = {t: BATCH for t in TASKS}
+
         def step(batches):
             opt.zero_grad()
-            feats, _ = _features(encoder, batches, layout)
-            opt.backward(losses_from(feats, heads, batches))
+            if layout == "C":  # one backward for all tasks, split by the tasks' rows
+                with opt.stacked(encoder, rows):
+                    feats, _ = _features(encoder, batches, layout)
+                    opt.backward(losses_from(feats, heads, batches))
+            else:
+                feats, _ = _features(encoder, batches, layout)
+                opt.backward(losses_from(feats, heads, batches))
             opt.step()
         return step
 
@@ -222,7 +234,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--only", default="", help="comma-separated weighting names")
-    parser.add_argument("--layouts", default="S,C", help="S, C or S,C")
+    parser.add_argument("--layouts", default="S,C",
+                        help="comma-separated: S, C, C-tasks")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="torch threads (1 gives steadier ratios on a loaded machine)")
@@ -233,6 +246,9 @@ def main() -> None:
         method, name, layout, steps = args.memory_child
         peak_memory_child(method, "" if name == "-" else name, layout, int(steps))
         return
+    layouts = args.layouts.split(",")
+    if any(lay not in LAYOUTS for lay in layouts):
+        parser.error(f"--layouts: expected names from {', '.join(LAYOUTS)}, got {args.layouts!r}")
     found = discover()
     names = [n for n in found if not args.only or n in args.only.split(",")]
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
@@ -241,7 +257,7 @@ def main() -> None:
           f"{', '.join(names)}\n")
     print(HEADER, flush=True)
     rows = {}
-    for layout in args.layouts.split(","):
+    for layout in layouts:
         for n in names:
             rows[(layout, n)] = measure(n, found[n], layout, args)
             print(row_line(layout, n, kinds[n], rows[(layout, n)]), flush=True)

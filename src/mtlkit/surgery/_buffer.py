@@ -79,6 +79,12 @@ class GradientBuffer:
         for p, view in zip(self.params, self._views(self.combined), strict=True):
             p.grad = view
 
+    def zeroed_row_views(self, row: int) -> dict[int, torch.Tensor]:
+        """Zero row ``row``; each parameter's slice of it, by parameter id."""
+        flat = self.rows[row]
+        flat.zero_()
+        return {id(p): v for p, v in zip(self.params, self._views(flat), strict=True)}
+
     def runs(self, mask: Sequence[bool]) -> Runs:
         """Contiguous ``(start, end)`` column ranges of the parameters where ``mask`` is true."""
         out: Runs = []
@@ -144,6 +150,13 @@ class TaskGradients:
     def publish_combined(self) -> None:
         for b in self.buffers:
             b.publish_combined()
+
+    def zeroed_row_views(self, row: int) -> dict[int, torch.Tensor]:
+        """Zero row ``row`` of every buffer; each parameter's slice of it, by parameter id."""
+        views: dict[int, torch.Tensor] = {}
+        for b in self.buffers:
+            views.update(b.zeroed_row_views(row))
+        return views
 
     def rows(self, num_tasks: int) -> list[torch.Tensor]:
         """Each buffer's first ``num_tasks`` rows (contiguous)."""

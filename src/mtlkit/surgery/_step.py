@@ -11,6 +11,7 @@ import torch
 from mtlkit.surgery._buffer import TaskGradients
 from mtlkit.surgery._inputs import finite_flag
 from mtlkit.surgery._reach import ReachRecorder
+from mtlkit.surgery._rows import StackedRows
 
 
 @dataclass
@@ -88,6 +89,32 @@ class StepRecorder:
         step.reached.append(reached)
         step.loss_ok.append(finite_flag(loss, step.grads.device))
 
+    def record_stacked(self, names: list[str], losses: list[torch.Tensor], rows: StackedRows,
+                       scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """One backward of the summed losses; ``rows`` splits it into the tasks' rows."""
+        if self.pending is not None:
+            raise RuntimeError("backward(): task_backward() calls are waiting for combine()")
+        params = self.explicit if self.explicit is not None else rows.params
+        step = self.pending = Step.begin(self._grads_over(params))
+        step.grads.ensure_rows(len(names))
+        views = [step.grads.zeroed_row_views(i) for i in range(len(names))]
+        order = {name: i for i, name in enumerate(names)}
+        scaled = [loss if scale is None else scale(loss) for loss in losses if loss.requires_grad]
+        with rows.writing([views[order[n]] for n in rows.names]) as split, \
+                self._reach.recording() as outside:
+            if scaled:
+                sum(scaled[1:], scaled[0]).backward()
+        if outside:
+            raise RuntimeError(
+                f"stacked(): expected every shared parameter's gradient to come from its "
+                f"layer's rows, got {len(outside)} accumulated directly (a parameter used "
+                "outside its own layer's forward); use backward() outside stacked()"
+            )
+        step.tasks.extend(names)
+        has_rows = {n: b > a for n, (a, b) in zip(rows.names, rows.bounds, strict=True)}
+        step.reached.extend(set(split) if has_rows[n] else set() for n in names)
+        step.loss_ok.extend(finite_flag(loss, step.grads.device) for loss in losses)
+
     def take(self) -> Step | None:
         """The open step, closed (``None`` when no task was recorded)."""
         step, self.pending = self.pending, None
@@ -105,6 +132,9 @@ class StepRecorder:
         else:
             # Shared parameters first: each group's Gramian is then one product over one block.
             params = sorted(trainable(), key=lambda p: id(p) not in self.auto_shared)
+        return self._grads_over(params)
+
+    def _grads_over(self, params: list[torch.Tensor]) -> TaskGradients:
         if self.grads is None or self.grads.key != [id(p) for p in params]:
             self.grads = TaskGradients(params)
             self._reach.watch(self.grads.params)

@@ -10,6 +10,7 @@ per-task gradient and gets one backward of its weighted loss.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from mtlkit.surgery._inputs import (
     unique_params,
 )
 from mtlkit.surgery._loss_step import loss_step
+from mtlkit.surgery._rows import StackedRows, parse_rows, split_layers
 from mtlkit.surgery._state import MultiTaskState
 from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts, describe
 from mtlkit.surgery._step import StepRecorder
@@ -144,6 +146,7 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
         self._scale = None if grad_scaler is None else grad_scaler.scale
         self._steps = StepRecorder(self._explicit)
         self._nonfinite: tuple[str, ...] = ()
+        self._stacked: StackedRows | None = None
         self.last_stats: SurgeryStats | None = None
         """The :class:`SurgeryStats` of the latest combination (``None`` before the first)."""
 
@@ -213,6 +216,8 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
                 f"{type(self).__name__}.backward(): task_backward() calls are waiting for "
                 "combine()"
             )
+        if self._stacked is not None and self.weighting.requires_gramian:
+            return self._stacked_backward(names, tensors)
         if not self.weighting.requires_gramian:
             params = self._trainable()
             stats = loss_step(self.weighting, names, tensors, params, self.reduction == "mean",
@@ -227,6 +232,77 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             self._steps.abort()
             raise
         return self.combine()
+
+    @contextmanager
+    def stacked(self, module: torch.nn.Module, rows: Mapping[str, int] | Sequence[int]):
+        """A block whose :meth:`backward` gets every task's gradient from ONE backward pass.
+
+        For one forward over the tasks' batches stacked along dim 0 (``torch.cat``): without
+        this block each task needs its own backward through the whole shared graph (T times
+        the plain backward). Inside it, the shared layers of ``module`` record their inputs,
+        the summed loss is backpropagated once without forming the summed weight gradients,
+        and each layer's output gradient is split by the tasks' rows into their rows of the
+        gradient buffer: the step costs about what the plain summed step costs. The
+        gradients are exactly the per-task ones, on two conditions the caller guarantees:
+        task ``t``'s loss depends only on its own rows, and no layer mixes rows (no batch
+        norm, no in-batch negatives across tasks; attention within a sequence is fine).
+
+        The shared parameters (``shared_params``, or with ``None`` the trainable parameters of
+        ``module`` in the optimizer) must sit in ``nn.Linear``, ``nn.Embedding`` or
+        ``nn.LayerNorm`` layers of ``module`` whose forward runs them (as in BERT); every
+        layer must see all the rows along dim 0. A loss weighting makes the block a no-op
+        (it always needs one backward only).
+
+        Args:
+            module: The shared module the stacked batch goes through.
+            rows: Each task's number of rows, in the order they are stacked: ``{task: n}``
+                (names as in :meth:`backward`'s mapping) or a sequence (for a sequence of
+                losses).
+
+        Raises:
+            ValueError: A shared parameter outside ``module`` or in a layer of another type,
+                a bad row count, or (in the forward) a layer that sees another number of rows.
+
+        Example:
+            >>> import torch
+            >>> from mtlkit import MultiTaskOptimizer
+            >>> body, head_a, head_b = (torch.nn.Linear(4, 4), torch.nn.Linear(4, 1),
+            ...                         torch.nn.Linear(4, 1))
+            >>> params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
+            >>> opt = MultiTaskOptimizer(torch.optim.SGD(params, lr=0.1), "upgrad",
+            ...                          shared_params=body.parameters())
+            >>> x_a, x_b = torch.randn(3, 4), torch.randn(5, 4)
+            >>> with opt.stacked(body, rows={"a": 3, "b": 5}):
+            ...     h_a, h_b = body(torch.cat([x_a, x_b])).split([3, 5])
+            ...     stats = opt.backward({"a": head_a(h_a).mean(), "b": head_b(h_b).mean()})
+            >>> stats.tasks
+            ('a', 'b')
+            >>> opt.step()
+        """
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        names, counts = parse_rows(rows)
+        if self._stacked is not None:
+            raise RuntimeError("stacked(): expected no enclosing stacked() block, got one")
+        if not self.weighting.requires_gramian:
+            yield
+            return
+        if self._explicit is not None:
+            layers = split_layers(module, self._explicit, allow_outside=False)
+        else:
+            trainable = {id(p) for p in self._trainable()}
+            own = [p for p in module.parameters() if id(p) in trainable]
+            if not own:
+                raise ValueError("module: expected trainable parameters in the optimizer, "
+                                 "got none")
+            layers = split_layers(module, own, allow_outside=False)
+        split = StackedRows(module, names, counts, layers)
+        with split.hooked():
+            self._stacked = split
+            try:
+                yield
+            finally:
+                self._stacked = None
 
     def task_backward(self, task: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """Backpropagate one task's loss now (per-task form); :meth:`combine` finishes the step.
@@ -302,6 +378,20 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
         ), outcome.nonfinite if outcome.bad_losses else ())
 
     # ----------------------------------------------------------------- internals
+    def _stacked_backward(self, names: list[str], tensors: list[torch.Tensor]) -> SurgeryStats:
+        split = self._stacked
+        assert split is not None
+        if sorted(names) != sorted(split.names):
+            raise ValueError(
+                f"losses: expected the tasks of stacked()'s rows {split.names}, got {names}"
+            )
+        try:
+            self._steps.record_stacked(names, tensors, split, self._scale)
+        except BaseException:
+            self._steps.abort()
+            raise
+        return self.combine()
+
     def _record(self, stats: SurgeryStats, bad_losses: tuple[str, ...]) -> SurgeryStats:
         self._nonfinite = self._nonfinite or bad_losses  # step() raises until zero_grad()
         self.last_stats = stats
