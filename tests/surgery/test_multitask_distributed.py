@@ -1,6 +1,7 @@
 """MultiTaskOptimizer(sync="tasks") on 2 gloo processes against one process on the global batch,
 for five weightings: PCGrad (host), a constant, a stateful one (nonlinear in the Gramian), a
-loss weighting with its own parameters and one nonlinear in the losses.
+loss weighting with its own parameters and one nonlinear in the losses; and three of the
+library's with the tasks' batches stacked in one forward (``opt.stacked``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ if hasattr(weightings, "by_name"):  # the library family, once it has landed
         "nash_mtl_auto": (lambda: weightings.by_name("nash_mtl"), False),
         "dwa": (lambda: weightings.by_name("dwa", num_tasks=len(TASKS)), False),
     })
+STACKED = {"upgrad_stacked": "upgrad_explicit", "nash_mtl_stacked": "nash_mtl_auto",
+           "pcgrad_stacked": "pcgrad_auto"}
+"""Cases run with one forward over the stacked batch inside ``opt.stacked`` (their settings
+are the named case's)."""
 
 
 class Net(torch.nn.Module):
@@ -55,7 +60,7 @@ def batch(step: int, rank: int, world: int) -> dict[str, tuple[torch.Tensor, tor
 
 
 def train(case: str, rank: int, world: int) -> dict:
-    factory, explicit = CASES[case]
+    factory, explicit = CASES[STACKED.get(case, case)]
     net, weighting = Net(), factory()
     params = [*net.parameters(), *(weighting.parameters()
                                    if isinstance(weighting, torch.nn.Module) else [])]
@@ -66,15 +71,23 @@ def train(case: str, rank: int, world: int) -> dict:
     for step in range(STEPS):
         opt.zero_grad()
         data = batch(step, rank, world)
-        opt.backward({t: F.mse_loss(net.heads[t](net.body(x)).squeeze(-1), y)
-                      for t, (x, y) in data.items()})
+        if case in STACKED:  # one forward and one backward for the three tasks
+            rows = {t: len(x) for t, (x, _) in data.items()}
+            with opt.stacked(net.body, rows):
+                stacked = torch.cat([x for x, _ in data.values()])
+                feats = net.body(stacked).split(list(rows.values()))
+                opt.backward({t: F.mse_loss(net.heads[t](h).squeeze(-1), y)
+                              for (t, (_, y)), h in zip(data.items(), feats, strict=True)})
+        else:
+            opt.backward({t: F.mse_loss(net.heads[t](net.body(x)).squeeze(-1), y)
+                          for t, (x, y) in data.items()})
         opt.step()
     return {"params": {n: p.detach().clone() for n, p in net.named_parameters()},
             "weighting": opt.state_dict()["multitask"]["weighting_state"]}
 
 
 def _rank_body(rank: int, world: int) -> dict:
-    return {case: train(case, rank, world) for case in CASES}
+    return {case: train(case, rank, world) for case in [*CASES, *STACKED]}
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +95,10 @@ def rank_results(tmp_path_factory) -> list[dict]:
     return run_on_ranks(_rank_body, tmp_path_factory.mktemp("multitask_ddp"), WORLD)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, *STACKED])
 def test_two_ranks_equal_one_process_on_the_global_batch(rank_results, case):
-    reference = train(case, 0, 1)
+    # a stacked case against its plain case: one process, a backward per task
+    reference = train(STACKED.get(case, case), 0, 1)
     moved = Net()
     for result in rank_results:
         for name, value in reference["params"].items():

@@ -10,8 +10,8 @@ per-task gradient and gets one backward of its weighted loss.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
