@@ -3,8 +3,9 @@
 A randomly initialised BERT (hidden 256, 4 layers, 4 heads, intermediate 1024), three heads
 (5-class CE, binary BCE, MSE), batch 16 per task, sequence length 64, Adam, CPU, 2 threads.
 Two layouts: S, a separate forward per task (the pipeline's case), and C, one forward over the
-concatenated batch. Times are medians over rounds that run every method once each, so that
-load from other processes hits all methods alike; memory is the peak RSS growth (VmHWM) of a
+concatenated batch (``mtlkit-stacked``: inside ``opt.stacked``, one backward split by rows).
+Times are medians over rounds that run every method once each, so that load from other
+processes hits all methods alike; memory is the peak RSS growth (VmHWM) of a
 fresh process per method over its training steps (optimizer state included).
 
     python benchmarks/bench_pcgrad.py [--steps 12] [--warmup 3] [--threads 2]
@@ -95,7 +96,7 @@ def build(method: str, layout: str) -> Callable[[dict], None]:
             adam.step()
         return step
 
-    if method in ("mtlkit", "mtlkit-auto", "mtlkit-per-task"):
+    if method in ("mtlkit", "mtlkit-auto", "mtlkit-per-task", "mtlkit-stacked"):
         from mtlkit import PCGrad
 
         shared = None if method == "mtlkit-auto" else list(encoder.parameters())
@@ -108,6 +109,10 @@ def build(method: str, layout: str) -> Callable[[dict], None]:
                     feat = encoder(input_ids=batches[t][0]).last_hidden_state[:, 0]
                     opt.task_backward(t, task_loss(t, heads[t](feat), batches[t][1]))
                 opt.combine()
+            elif method == "mtlkit-stacked":  # one backward, split by the tasks' rows
+                with opt.stacked(encoder, {t: BATCH for t in TASKS}):
+                    feats, _ = features_concatenated(encoder, batches)
+                    opt.backward(losses_from(feats, heads, batches))
             else:
                 if layout == "S":
                     feats = features_separate(encoder, batches)
@@ -145,6 +150,8 @@ def methods_for(layout: str, with_torchjd: bool) -> list[str]:
     names = ["plain", "mtlkit", "mtlkit-auto"]
     if layout == "S":
         names.append("mtlkit-per-task")
+    else:
+        names.append("mtlkit-stacked")
     if with_torchjd:
         names.append("torchjd")
     return names
