@@ -346,3 +346,66 @@ def test_misuse_inside_the_block():
     with pytest.raises(TypeError, match=r"module: expected a torch\.nn\.Module"), \
             opt.stacked("body", [2, 2]):
         pass
+
+
+# ---------------------------------------------------------------------- other encoders
+def tiny_roberta():
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=24,
+                           max_position_embeddings=20, pad_token_id=1)
+    return RobertaModel(config, add_pooling_layer=False)
+
+
+def bert_with_lora():
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_bert(), LoraConfig(r=2, target_modules=["query", "value"]))
+
+
+@pytest.mark.parametrize("build", [tiny_roberta, bert_with_lora], ids=["roberta", "lora"])
+def test_other_encoders_split_exactly(build):
+    def run(stacked):
+        encoder = build()
+        encoder.train()
+        heads = torch.nn.ModuleList([torch.nn.Linear(16, 1) for _ in ROWS])
+        shared = [p for p in encoder.parameters() if p.requires_grad]
+        opt = MultiTaskOptimizer(torch.optim.SGD([*shared, *heads.parameters()], lr=0.1),
+                                 weightings.UPGrad(), shared_params=shared)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(2, 40, (sum(ROWS.values()), SEQ), generator=g)
+
+        def losses():
+            cls = encoder(input_ids=ids).last_hidden_state[:, 0].split(list(ROWS.values()))
+            return {t: heads[i](h).pow(2).mean() * (i + 1)
+                    for i, (t, h) in enumerate(zip(ROWS, cls, strict=True))}
+
+        torch.manual_seed(100)
+        if stacked:
+            with opt.stacked(encoder, ROWS):
+                opt.backward(losses())
+        else:
+            opt.backward(losses())
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    a, b = run(True), run(False)
+    assert a and len(a) == len(b)
+    assert_same_grads(a, b)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_splits_exactly(reentrant):
+    def run(stacked):
+        model, opt = make(weightings.UPGrad())
+        model.encoder.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        torch.manual_seed(100)
+        if stacked:
+            with opt.stacked(model.encoder, ROWS):
+                opt.backward(model.losses(0))
+        else:
+            opt.backward(model.losses(0))
+        return grads_of(model)
+
+    assert_same_grads(run(True), run(False))
