@@ -409,3 +409,27 @@ def test_gradient_checkpointing_splits_exactly(reentrant):
         return grads_of(model)
 
     assert_same_grads(run(True), run(False))
+
+
+def test_a_shared_parameter_frozen_later_stays_frozen():
+    def run(stacked):
+        model, opt = make(weightings.UPGrad())
+        frozen = model.encoder.encoder.layer[0].attention.self.query
+        for step in range(2):
+            if step == 1:  # gradual unfreezing in reverse: frozen after a first step
+                frozen.weight.requires_grad_(False)
+                frozen.weight.grad = None
+            opt.zero_grad()
+            torch.manual_seed(100 + step)
+            if stacked:
+                with opt.stacked(model.encoder, ROWS):
+                    opt.backward(model.losses(step))
+            else:
+                opt.backward(model.losses(step))
+            opt.step()
+        assert not frozen.weight.requires_grad
+        return grads_of(model)
+
+    a, b = run(True), run(False)
+    assert "encoder.encoder.layer.0.attention.self.query.weight" not in a
+    assert_same_grads(a, b)

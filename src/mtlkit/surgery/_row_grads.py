@@ -8,7 +8,7 @@ layer norm the sums of ``G_t * x_hat_t`` and ``G_t``. Splitting the one weight-g
 into T products over row blocks costs the same arithmetic as the plain backward's.
 
 Each function adds task ``t``'s gradients into ``views[t]`` (parameter id -> tensor), for the
-parameters present there, and returns nothing.
+parameters whose ids are in ``wanted`` (those that needed a gradient), and returns nothing.
 """
 
 from __future__ import annotations
@@ -32,22 +32,22 @@ def _add_product(view: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def linear_grads(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, bounds: Bounds,
-                 views: Sequence[Views]) -> None:
+                 views: Sequence[Views], wanted: set[int]) -> None:
     g2 = g.reshape(g.shape[0], -1, g.shape[-1])
     x2 = x.reshape(x.shape[0], -1, x.shape[-1])
     for (a, b), out in zip(bounds, views, strict=True):
         if a == b:
             continue
         gt = g2[a:b].reshape(-1, g2.shape[-1])
-        if id(m.weight) in out:
+        if id(m.weight) in wanted:
             _add_product(out[id(m.weight)], gt, x2[a:b].reshape(-1, x2.shape[-1]))
-        if m.bias is not None and id(m.bias) in out:
+        if m.bias is not None and id(m.bias) in wanted:
             out[id(m.bias)].add_(gt.sum(0, dtype=out[id(m.bias)].dtype))
 
 
 def embedding_grads(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, bounds: Bounds,
-                    views: Sequence[Views]) -> None:
-    if id(m.weight) not in views[0]:
+                    views: Sequence[Views], wanted: set[int]) -> None:
+    if id(m.weight) not in wanted:
         return
     for (a, b), out in zip(bounds, views, strict=True):
         idx, gt = ids[a:b].reshape(-1), g[a:b].reshape(-1, g.shape[-1])
@@ -59,21 +59,22 @@ def embedding_grads(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, bounds:
 
 
 def layer_norm_grads(m: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor, bounds: Bounds,
-                     views: Sequence[Views]) -> None:
+                     views: Sequence[Views], wanted: set[int]) -> None:
     shape = tuple(m.normalized_shape)
     for (a, b), out in zip(bounds, views, strict=True):
         if a == b:
             continue
         gt = g[a:b].reshape(-1, *shape)
-        if m.weight is not None and id(m.weight) in out:
+        if m.weight is not None and id(m.weight) in wanted:
             view = out[id(m.weight)]
             x_hat = F.layer_norm(x[a:b].to(view.dtype), shape, None, None, m.eps)
             view.add_((gt.to(view.dtype) * x_hat.reshape(-1, *shape)).sum(0))
-        if m.bias is not None and id(m.bias) in out:
+        if m.bias is not None and id(m.bias) in wanted:
             out[id(m.bias)].add_(gt.sum(0, dtype=out[id(m.bias)].dtype))
 
 
-RowGrads = Callable[[nn.Module, torch.Tensor, torch.Tensor, Bounds, Sequence[Views]], None]
+RowGrads = Callable[[nn.Module, torch.Tensor, torch.Tensor, Bounds, Sequence[Views], set[int]],
+                    None]
 
 SUPPORTED: tuple[tuple[type[nn.Module], RowGrads], ...] = (
     (nn.Linear, linear_grads),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,8 @@ class _Layer:
     rule: RowGrads
     params: list[torch.Tensor]
     """The layer's own managed parameters (cut off from autograd during its calls)."""
+    cut: list[torch.Tensor] = field(default_factory=list)
+    """Those cut off by the call running now (the ones that needed a gradient)."""
 
 
 def split_layers(module: nn.Module, managed: Sequence[torch.Tensor],
@@ -125,18 +127,24 @@ class StackedRows:
                 handle.remove()
             self._handles.clear()
             for layer in self.layers:
-                for p in layer.params:
-                    p.requires_grad_(True)
+                self._restore(layer)
 
     def _before(self, layer: _Layer) -> None:
         if torch.is_grad_enabled():
-            for p in layer.params:
+            layer.cut = [p for p in layer.params if p.requires_grad]  # a frozen one stays so
+            for p in layer.cut:
                 p.requires_grad_(False)
 
-    def _after(self, layer: _Layer, args: tuple, kwargs: dict, out: Any) -> Any:
-        for p in layer.params:
+    @staticmethod
+    def _restore(layer: _Layer) -> None:
+        for p in layer.cut:
             p.requires_grad_(True)
-        if not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
+        layer.cut = []
+
+    def _after(self, layer: _Layer, args: tuple, kwargs: dict, out: Any) -> Any:
+        wanted = {id(p) for p in layer.cut}
+        self._restore(layer)
+        if not wanted or not isinstance(out, torch.Tensor):
             return None
         x = args[0] if args else next(iter(kwargs.values()))
         if x.shape[0] == 1 and out.shape[0] == 1 and self.total > 1:
@@ -164,9 +172,9 @@ class StackedRows:
                     "stacked(): expected one backward per forward inside the block, got a "
                     "second backward through the same graph"
                 )
-            layer.rule(layer.module, saved[0], g, self.bounds, self._targets)
+            layer.rule(layer.module, saved[0], g, self.bounds, self._targets, wanted)
             saved.clear()  # the input is needed by this layer only: free it now
-            self.reached.update(id(p) for p in layer.params)
+            self.reached.update(wanted)
 
         out.register_hook(split)
         return out
