@@ -53,13 +53,12 @@ class _Layer:
     """Those cut off by the call running now (the ones that needed a gradient)."""
 
 
-def split_layers(module: nn.Module, managed: Sequence[torch.Tensor],
-                 allow_outside: bool) -> list[_Layer]:
+def split_layers(module: nn.Module, managed: Sequence[torch.Tensor]) -> list[_Layer]:
     """The layers of ``module`` owning managed parameters; every managed one must be covered.
 
     Raises:
-        ValueError: A managed parameter belongs to a layer whose rows cannot be split, or
-            (unless ``allow_outside``) is not a parameter of ``module`` at all.
+        ValueError: A managed parameter belongs to a layer whose rows cannot be split, or is
+            not a parameter of ``module`` at all.
     """
     wanted = {id(p) for p in managed}
     layers, covered = [], set()
@@ -77,7 +76,7 @@ def split_layers(module: nn.Module, managed: Sequence[torch.Tensor],
         layers.append(_Layer(name, sub, rule, own))
         covered.update(id(p) for p in own)
     missing = [p for p in managed if id(p) not in covered]
-    if missing and not allow_outside:
+    if missing:
         raise ValueError(
             f"module: expected every shared parameter inside it, got {len(missing)} outside "
             f"(the first of shape {tuple(missing[0].shape)})"

@@ -288,14 +288,14 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             yield
             return
         if self._explicit is not None:
-            layers = split_layers(module, self._explicit, allow_outside=False)
+            layers = split_layers(module, self._explicit)
         else:
             trainable = {id(p) for p in self._trainable()}
             own = [p for p in module.parameters() if id(p) in trainable]
             if not own:
                 raise ValueError("module: expected trainable parameters in the optimizer, "
                                  "got none")
-            layers = split_layers(module, own, allow_outside=False)
+            layers = split_layers(module, own)
         split = StackedRows(module, names, counts, layers)
         with split.hooked():
             self._stacked = split
