@@ -242,6 +242,7 @@ def main() -> None:
                   f"{mem[m] - mem['plain']:+.0f} |")
     print()
     print(f"pcgrad/plain (C): {ratios[('C', 'mtlkit')]:.2f}")
+    print(f"pcgrad/plain (C, stacked): {ratios[('C', 'mtlkit-stacked')]:.2f}")
     print(f"pcgrad/plain (S): {ratios[('S', 'mtlkit')]:.2f}")
 
 
