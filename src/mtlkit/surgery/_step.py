@@ -90,7 +90,8 @@ class StepRecorder:
         step.loss_ok.append(finite_flag(loss, step.grads.device))
 
     def record_stacked(self, names: list[str], losses: list[torch.Tensor], rows: StackedRows,
-                       scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                       scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       retain_graph: bool = False) -> None:
         """One backward of the summed losses; ``rows`` splits it into the tasks' rows."""
         if self.pending is not None:
             raise RuntimeError("backward(): task_backward() calls are waiting for combine()")
@@ -103,7 +104,7 @@ class StepRecorder:
         with rows.writing([views[order[n]] for n in rows.names]) as split, \
                 self._reach.recording() as outside:
             if scaled:
-                sum(scaled[1:], scaled[0]).backward()
+                sum(scaled[1:], scaled[0]).backward(retain_graph=retain_graph)
         if outside:
             raise RuntimeError(
                 f"stacked(): expected every shared parameter's gradient to come from its "

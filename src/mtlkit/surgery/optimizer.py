@@ -51,7 +51,8 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
     With a :class:`~mtlkit.weighting.Weighting` (PCGrad, UPGrad, MGDA, ...) each task is
     backpropagated into its row of a T x P buffer ``J``, the weighting maps the Gramian
     ``J J^T`` to weights ``w`` and the shared parameters get ``w @ J``; every other parameter
-    (a task head) gets the plain gradient of its loss, untouched. With a
+    (a task head) gets the plain gradient of its loss, untouched. When one forward runs over
+    all the tasks' batches stacked along dim 0, :meth:`stacked` fills ``J`` from one backward. With a
     :class:`~mtlkit.weighting.LossWeighting` (uncertainty weighting, DWA, FAMO) the weighted
     loss is backpropagated once; its parameters must be in the wrapped optimizer.
 
@@ -217,7 +218,7 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
                 "combine()"
             )
         if self._stacked is not None and self.weighting.requires_gramian:
-            return self._stacked_backward(names, tensors)
+            return self._stacked_backward(names, tensors, bool(retain_graph))
         if not self.weighting.requires_gramian:
             params = self._trainable()
             stats = loss_step(self.weighting, names, tensors, params, self.reduction == "mean",
@@ -378,7 +379,8 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
         ), outcome.nonfinite if outcome.bad_losses else ())
 
     # ----------------------------------------------------------------- internals
-    def _stacked_backward(self, names: list[str], tensors: list[torch.Tensor]) -> SurgeryStats:
+    def _stacked_backward(self, names: list[str], tensors: list[torch.Tensor],
+                          retain_graph: bool) -> SurgeryStats:
         split = self._stacked
         assert split is not None
         if sorted(names) != sorted(split.names):
@@ -386,7 +388,7 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
                 f"losses: expected the tasks of stacked()'s rows {split.names}, got {names}"
             )
         try:
-            self._steps.record_stacked(names, tensors, split, self._scale)
+            self._steps.record_stacked(names, tensors, split, self._scale, retain_graph)
         except BaseException:
             self._steps.abort()
             raise
