@@ -28,6 +28,19 @@ import torch.nn.functional as F
 
 TASKS = ("sst", "qqp", "sts")
 BATCH, SEQ, THREADS = 16, 64, 2
+HEAD_SIZES = {"sst": 5, "qqp": 1, "sts": 1}
+
+
+def kind(task: str) -> str:
+    """A task's kind ("sst", "qqp" or "sts") from its name ("sts" or "sts_2")."""
+    return task.split("_")[0]
+
+
+def use_tasks(num_tasks: int) -> None:
+    """Run with ``num_tasks`` tasks, cycling through the three kinds (sst, qqp, sts, sst_2...)."""
+    global TASKS
+    kinds = ("sst", "qqp", "sts")
+    TASKS = tuple(kinds[i % 3] + (f"_{i // 3 + 1}" if i >= 3 else "") for i in range(num_tasks))
 
 
 def make_model(seed: int = 0):
@@ -37,8 +50,7 @@ def make_model(seed: int = 0):
     config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=1024)
     encoder = BertModel(config, add_pooling_layer=False)
-    heads = torch.nn.ModuleDict({"sst": torch.nn.Linear(256, 5), "qqp": torch.nn.Linear(256, 1),
-                                 "sts": torch.nn.Linear(256, 1)})
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(256, HEAD_SIZES[kind(t)]) for t in TASKS})
     return encoder, heads
 
 
@@ -47,9 +59,9 @@ def make_batches(seed: int = 0):
     batches = {}
     for task in TASKS:
         ids = torch.randint(1000, 30000, (BATCH, SEQ), generator=g)
-        if task == "sst":
+        if kind(task) == "sst":
             y = torch.randint(0, 5, (BATCH,), generator=g)
-        elif task == "qqp":
+        elif kind(task) == "qqp":
             y = torch.randint(0, 2, (BATCH,), generator=g).float()
         else:
             y = torch.rand(BATCH, generator=g) * 5
@@ -58,9 +70,9 @@ def make_batches(seed: int = 0):
 
 
 def task_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if task == "sst":
+    if kind(task) == "sst":
         return F.cross_entropy(logits, y)
-    if task == "qqp":
+    if kind(task) == "qqp":
         return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
     return F.mse_loss(logits.squeeze(-1), y)
 

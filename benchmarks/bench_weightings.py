@@ -15,10 +15,13 @@ times are medians; memory is the peak RSS growth (VmHWM) of a fresh process per 
 
     python benchmarks/bench_weightings.py [--steps 10] [--warmup 2] [--only pcgrad,mgda]
                                           [--layouts S,C,C-tasks] [--no-memory] [--threads 2]
+                                          [--tasks 3]
 
-Targets: every Gramian weighting at most 1.15x plain in S, every loss-based one at most 1.03x,
-each at least 3x faster than torchjd's same method. The last line is
-``weightings/plain (S) max: X.XX``, the slowest Gramian weighting in layout S.
+``--tasks N`` runs N tasks (heads of the three kinds in turn) to see how the costs grow with T;
+the targets are stated for the default three. Targets: every Gramian weighting at most 1.15x
+plain in S, every loss-based one at most 1.03x, each at least 3x faster than torchjd's same
+method. The last line is ``weightings/plain (S) max: X.XX``, the slowest Gramian weighting in
+layout S.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from collections.abc import Callable
 
 import torch
 
+import bench_pcgrad
 from bench_pcgrad import (
     BATCH,
-    TASKS,
     THREADS,
     _status_kib,
     features_concatenated,
@@ -57,7 +60,7 @@ def discover() -> dict[str, object]:
     found = {}
     for name in w.NAMES:
         built = w.by_name(name)
-        found[name] = (w.by_name(name, num_tasks=len(TASKS))
+        found[name] = (w.by_name(name, num_tasks=len(bench_pcgrad.TASKS))
                        if isinstance(built, w.LossWeighting) else built)
     return found
 
@@ -74,7 +77,7 @@ def torchjd_aggregator(name: str, weighting: object):
         "cagrad": lambda: jd.CAGrad(c=getattr(weighting, "c", 0.5)), "imtlg": jd.IMTLG,
         "aligned_mtl": jd.AlignedMTL, "config": jd.ConFIG,
         "fairgrad": lambda: jd.FairGrad(alpha=getattr(weighting, "alpha", 1.0)),
-        "nash_mtl": lambda: jd.NashMTL(n_tasks=len(TASKS)),
+        "nash_mtl": lambda: jd.NashMTL(n_tasks=len(bench_pcgrad.TASKS)),
         "gradvac": lambda: jd.GradVac(beta=getattr(weighting, "beta", 0.5)),
         "mean": jd.Mean, "sum": jd.Sum, "random": jd.Random,
     }
@@ -85,7 +88,7 @@ def _features(encoder, batches, layout: str):
     """The features per task, and the tensors torchjd's ``mtl_backward`` takes as features."""
     if layout == "S":
         feats = features_separate(encoder, batches)
-        return feats, [feats[t] for t in TASKS]
+        return feats, [feats[t] for t in bench_pcgrad.TASKS]
     feats, cls = features_concatenated(encoder, batches)
     return feats, [cls]
 
@@ -105,7 +108,7 @@ def build(method: str, name: str, layout: str) -> Callable[[dict], None]:
         opt = MultiTaskOptimizer(torch.optim.Adam([*params, *extra], lr=1e-4), weighting,
                                  shared_params=list(encoder.parameters()) if gramian else None)
 
-        rows = {t: BATCH for t in TASKS}
+        rows = {t: BATCH for t in bench_pcgrad.TASKS}
 
         def step(batches):
             opt.zero_grad()
@@ -137,7 +140,8 @@ def build(method: str, name: str, layout: str) -> Callable[[dict], None]:
         adam.zero_grad()
         feats, features = _features(encoder, batches, layout)
         losses = losses_from(feats, heads, batches)
-        mtl_backward([losses[t] for t in TASKS], features=features, shared_params=shared)
+        mtl_backward([losses[t] for t in bench_pcgrad.TASKS], features=features,
+                     shared_params=shared)
         jac_to_grad(shared, aggregator)
         adam.step()
     return step
@@ -177,7 +181,8 @@ def peak_memory_child(method: str, name: str, layout: str, steps: int) -> None:
 
 def peak_memory(method: str, name: str, layout: str, steps: int = 3) -> float:
     out = subprocess.run([sys.executable, __file__, "--memory-child", method, name or "-",
-                          layout, str(steps), "--threads", str(torch.get_num_threads())],
+                          layout, str(steps), "--threads", str(torch.get_num_threads()),
+                          "--tasks", str(len(bench_pcgrad.TASKS))],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
 
@@ -239,8 +244,13 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="torch threads (1 gives steadier ratios on a loaded machine)")
+    parser.add_argument("--tasks", type=int, default=len(bench_pcgrad.TASKS),
+                        help="number of tasks (the kinds cycle: sst, qqp, sts, sst_2, ...)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tasks < 1:
+        parser.error(f"--tasks: expected a number of tasks >= 1, got {args.tasks}")
+    bench_pcgrad.use_tasks(args.tasks)
     torch.set_num_threads(args.threads)
     if args.memory_child:
         method, name, layout, steps = args.memory_child
@@ -253,7 +263,8 @@ def main() -> None:
     names = [n for n in found if not args.only or n in args.only.split(",")]
     kinds = {n: "gramian" if found[n].requires_gramian else "loss" for n in names}
     print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; weightings: "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{len(bench_pcgrad.TASKS)} tasks; weightings: "
           f"{', '.join(names)}\n")
     print(HEADER, flush=True)
     rows = {}

@@ -52,9 +52,9 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
     backpropagated into its row of a T x P buffer ``J``, the weighting maps the Gramian
     ``J J^T`` to weights ``w`` and the shared parameters get ``w @ J``; every other parameter
     (a task head) gets the plain gradient of its loss, untouched. When one forward runs over
-    all the tasks' batches stacked along dim 0, :meth:`stacked` fills ``J`` from one backward. With a
-    :class:`~mtlkit.weighting.LossWeighting` (uncertainty weighting, DWA, FAMO) the weighted
-    loss is backpropagated once; its parameters must be in the wrapped optimizer.
+    all the tasks' batches stacked along dim 0, :meth:`stacked` fills ``J`` from one backward.
+    With a :class:`~mtlkit.weighting.LossWeighting` (uncertainty weighting, DWA, FAMO) the
+    weighted loss is backpropagated once; its parameters must be in the wrapped optimizer.
 
     Args:
         optimizer: The optimizer to wrap (it owns the parameters and the update rule).
