@@ -365,7 +365,15 @@ def bert_with_lora():
     return get_peft_model(tiny_bert(), LoraConfig(r=2, target_modules=["query", "value"]))
 
 
-@pytest.mark.parametrize("build", [tiny_roberta, bert_with_lora], ids=["roberta", "lora"])
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    return GPT2Model(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16))
+
+
+@pytest.mark.parametrize("build", [tiny_roberta, bert_with_lora, tiny_gpt2],
+                         ids=["roberta", "lora", "gpt2"])
 def test_other_encoders_split_exactly(build):
     def run(stacked):
         encoder = build()

@@ -69,8 +69,9 @@ def split_layers(module: nn.Module, managed: Sequence[torch.Tensor]) -> list[_La
         rule = rule_for(sub)
         if rule is None:
             raise ValueError(
-                f"module: expected shared parameters only in Linear, Embedding or LayerNorm "
-                f"layers (whose gradients split by rows), got {name or 'the module'!r} of type "
+                f"module: expected shared parameters only in Linear, Embedding, LayerNorm or "
+                f"transformers' Conv1D layers (whose gradients split by rows), got "
+                f"{name or 'the module'!r} of type "
                 f"{type(sub).__name__}; use backward() outside stacked() for this model"
             )
         layers.append(_Layer(name, sub, rule, own))

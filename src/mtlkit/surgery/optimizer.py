@@ -249,8 +249,9 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
         norm, no in-batch negatives across tasks; attention within a sequence is fine).
 
         The shared parameters (``shared_params``, or with ``None`` the trainable parameters of
-        ``module`` in the optimizer) must sit in ``nn.Linear``, ``nn.Embedding`` or
-        ``nn.LayerNorm`` layers of ``module`` whose forward runs them (as in BERT); every
+        ``module`` in the optimizer) must sit in ``nn.Linear``, ``nn.Embedding``,
+        ``nn.LayerNorm`` or transformers' ``Conv1D`` layers of ``module`` whose forward runs
+        them (as in BERT or GPT-2); every
         layer must see all the rows along dim 0. A loss weighting makes the block a no-op
         (it always needs one backward only).
 
