@@ -68,6 +68,15 @@ def make(weighting, explicit: bool = True, seed: int = 0):
     return model, opt
 
 
+def backward(opt, module, make_losses, stacked: bool, rows=ROWS):
+    """``opt.backward`` of the losses ``make_losses()`` builds, inside ``opt.stacked`` or not
+    (the forward runs inside the block: the layers record their inputs there)."""
+    if stacked:
+        with opt.stacked(module, rows):
+            return opt.backward(make_losses())
+    return opt.backward(make_losses())
+
+
 def grads_of(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -77,11 +86,7 @@ def one_step(weighting, stacked: bool, explicit: bool = True, calls: int = 1, ro
     opt.zero_grad()
     for call in range(calls):
         torch.manual_seed(100 + call)
-        if stacked:
-            with opt.stacked(model.encoder, rows):
-                opt.backward(model.losses(call, rows))
-        else:
-            opt.backward(model.losses(call, rows))
+        backward(opt, model.encoder, lambda c=call: model.losses(c, rows), stacked, rows)
     return model, opt
 
 
@@ -151,11 +156,7 @@ def test_grad_scaler_sees_the_unscaled_gradients():
                                  shared_params=list(model.encoder.parameters()),
                                  grad_scaler=scaler)
         torch.manual_seed(100)
-        if stacked:
-            with opt.stacked(model.encoder, ROWS):
-                opt.backward(model.losses(0))
-        else:
-            opt.backward(model.losses(0))
+        backward(opt, model.encoder, lambda: model.losses(0), stacked)
         return grads_of(model)
 
     assert_same_grads(run(True), run(False))
@@ -166,11 +167,7 @@ def test_bf16_autocast_matches_the_per_task_path():
         model, opt = make(weightings.UPGrad())
         torch.manual_seed(100)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            if stacked:
-                with opt.stacked(model.encoder, ROWS):
-                    opt.backward(model.losses(0))
-            else:
-                opt.backward(model.losses(0))
+            backward(opt, model.encoder, lambda: model.losses(0), stacked)
         return grads_of(model)
 
     a, b = run(True), run(False)
@@ -391,11 +388,7 @@ def test_other_encoders_split_exactly(build):
                     for i, (t, h) in enumerate(zip(ROWS, cls, strict=True))}
 
         torch.manual_seed(100)
-        if stacked:
-            with opt.stacked(encoder, ROWS):
-                opt.backward(losses())
-        else:
-            opt.backward(losses())
+        backward(opt, encoder, lambda: losses(), stacked)
         return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
 
     a, b = run(True), run(False)
@@ -409,11 +402,7 @@ def test_gradient_checkpointing_splits_exactly(reentrant):
         model, opt = make(weightings.UPGrad())
         model.encoder.gradient_checkpointing_enable({"use_reentrant": reentrant})
         torch.manual_seed(100)
-        if stacked:
-            with opt.stacked(model.encoder, ROWS):
-                opt.backward(model.losses(0))
-        else:
-            opt.backward(model.losses(0))
+        backward(opt, model.encoder, lambda: model.losses(0), stacked)
         return grads_of(model)
 
     assert_same_grads(run(True), run(False))
@@ -429,11 +418,7 @@ def test_a_shared_parameter_frozen_later_stays_frozen():
                 frozen.weight.grad = None
             opt.zero_grad()
             torch.manual_seed(100 + step)
-            if stacked:
-                with opt.stacked(model.encoder, ROWS):
-                    opt.backward(model.losses(step))
-            else:
-                opt.backward(model.losses(step))
+            backward(opt, model.encoder, lambda s=step: model.losses(s), stacked)
             opt.step()
         assert not frozen.weight.requires_grad
         return grads_of(model)
