@@ -17,7 +17,13 @@ from mtlkit.contrastive import (
 from mtlkit.loader import MultiTaskLoader
 from mtlkit.lora_moe import LoRAMoE, LoRAMoEConfig, ParameterCounts
 from mtlkit.smart import BregmanProximal, SmartLoss, hf_smart_inputs
-from mtlkit.surgery import MultiTaskOptimizer, PCGrad, SurgeryStats, pcgrad_weights
+from mtlkit.surgery import (
+    MultiTaskOptimizer,
+    PCGrad,
+    SurgeryStats,
+    UnsplittableModel,
+    pcgrad_weights,
+)
 
 __all__ = [
     "BregmanProximal",
@@ -31,6 +37,7 @@ __all__ = [
     "SimCSELoss",
     "SmartLoss",
     "SurgeryStats",
+    "UnsplittableModel",
     "average_gradients",
     "group_ids",
     "hf_smart_inputs",

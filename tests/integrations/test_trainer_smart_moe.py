@@ -154,6 +154,56 @@ def test_per_sample_routing_equals_one_forward_per_task(tmp_path, weighting):
         assert runs[0][f"loss_{task}"] == pytest.approx(runs[1][f"loss_{task}"], rel=1e-5)
 
 
+class ScaledRouted(Routed):
+    """A shared scale outside any splittable layer: the stacked backward must step aside."""
+
+    def __init__(self):
+        super().__init__(train_base=True)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, task, input_ids, attention_mask, labels):
+        out = super().forward(task, input_ids, attention_mask, labels)
+        if isinstance(out, dict):
+            return {t: v * self.scale for t, v in out.items()}
+        return out * self.scale
+
+
+def _pcgrad_run(tmp_path, model, per_sample):
+    shared = [p for n, p in model.named_parameters()
+              if n.startswith("moe.") and "lora_" not in n and p.requires_grad]
+    shared += [model.scale] if hasattr(model, "scale") else []
+    trainer = quiet(MultiTaskTrainer(
+        model, training_args(tmp_path / str(per_sample), max_steps=3),
+        train_dataset=make_datasets(SIZES), data_collator=pad_collate,
+        weighting=mtlkit.weighting.PCGrad(seed=0), shared_params=shared,
+        per_sample_routing=per_sample))
+    trainer.train()
+    return trainer
+
+
+def test_per_sample_routing_backpropagates_once(tmp_path, monkeypatch):
+    calls = []
+    original = mtlkit.MultiTaskOptimizer.stacked
+    monkeypatch.setattr(mtlkit.MultiTaskOptimizer, "stacked",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    torch.manual_seed(0)
+    _pcgrad_run(tmp_path, Routed(train_base=True), per_sample=True)
+    assert len(calls) == 3  # one stacked block per step, no backward per task
+
+
+def test_per_sample_routing_falls_back_for_an_unsplittable_model(tmp_path, caplog):
+    torch.manual_seed(0)
+    routed = ScaledRouted()
+    separate = copy_model(routed)
+    with caplog.at_level("WARNING", logger="mtlkit.integrations._trainer_step"):
+        _pcgrad_run(tmp_path, routed, per_sample=True)
+    assert "a backward per task from now on" in caplog.text
+    assert "ScaledRouted" in caplog.text
+    _pcgrad_run(tmp_path / "separate", separate, per_sample=False)
+    assert max_difference(routed, separate) < 1e-6
+    assert routed.scale.item() != 1.0
+
+
 def test_per_sample_routing_needs_a_loss_per_task(tmp_path):
     class OneLoss(Routed):
         def forward(self, task, input_ids, attention_mask, labels):

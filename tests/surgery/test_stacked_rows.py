@@ -308,7 +308,7 @@ def test_weight_used_outside_its_layer_is_refused():
     opt, heads = _opt_for(body)
     with opt.stacked(body, [2, 2]):
         h = body(torch.randn(4, 4)).split(2)
-        with pytest.raises(RuntimeError, match="outside its own layer"):
+        with pytest.raises(ValueError, match="outside its own layer"):
             opt.backward([heads[0](h[0]).sum(), heads[1](h[1]).sum()])
     assert opt._steps.pending is None
     assert body.lin.weight.grad is None  # the failed step left nothing behind

@@ -9,6 +9,7 @@ gradients are averaged by one ``mtlkit.average_gradients`` (plain sum, loss weig
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,10 @@ import mtlkit
 from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_data import as_task_batches, concat_batches
 from mtlkit.integrations._trainer_losses import call_model, check_labels, loss_of, stack_losses
+from mtlkit.surgery import UnsplittableModel
 from mtlkit.weighting import LossWeighting
+
+logger = logging.getLogger(__name__)
 
 
 class TaskSteps:
@@ -61,6 +65,13 @@ class TaskSteps:
                 self._backward_task(task, loss * scale)
                 losses[task] = loss.detach()
             return losses, _sum(losses)
+        if (self._surgery is not None and self.current_gradient_accumulation_steps == 1
+                and getattr(self, "_stackable", True)):
+            try:
+                return self._routed_stacked_backward(model, batches, scale)
+            except UnsplittableModel as exc:  # the step was dropped: redo it a task at a time
+                self._stackable = False
+                logger.warning("per_sample_routing: a backward per task from now on (%s)", exc)
         with self.compute_loss_context_manager():
             losses = self._step_losses(model, batches)
             total = self._weighted_loss(losses) if loss_weighting else None
@@ -73,6 +84,18 @@ class TaskSteps:
         items = list(losses.items())
         for i, (task, loss) in enumerate(items):
             self._backward_task(task, loss * scale, retain_graph=i < len(items) - 1)
+        return detached, _sum(detached)
+
+    def _routed_stacked_backward(self, model: nn.Module, batches: dict[str, Any],
+                                 scale: float) -> tuple[dict[str, Tensor], Tensor]:
+        """The routed forward and ONE backward, split by the tasks' rows into their gradients
+        (``MultiTaskOptimizer.stacked``) instead of a backward per task through the graph."""
+        rows = {task: _rows_of(batch, self._label_names) for task, batch in batches.items()}
+        with self._surgery.stacked(model, rows):
+            with self.compute_loss_context_manager():
+                losses = self._routed_losses(model, batches)
+            self._combined = self._surgery.backward({t: v * scale for t, v in losses.items()})
+        detached = {t: v.detach() for t, v in losses.items()}
         return detached, _sum(detached)
 
     def _weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
@@ -103,7 +126,10 @@ class TaskSteps:
         return [p for p in params if p.requires_grad]
 
     def _synchronize(self) -> None:
-        if self._surgery is not None:
+        if self._surgery is not None and getattr(self, "_combined", None) is not None:
+            self._record_surgery(self._combined)  # the stacked backward combined already
+            self._combined = None
+        elif self._surgery is not None:
             for task in self._task_sums.tasks:  # the step's task gradients, in drawing order
                 self._surgery.task_backward(task, self._task_sums.surrogate(task))
             self._task_sums.clear()
@@ -153,6 +179,14 @@ class TaskSteps:
                     "shared_params right?)"
                 )
         self._train_log.add_surgery(stats.tasks, cosine, stats.num_conflicts)
+
+
+def _rows_of(batch: Any, label_names: list[str]) -> int:
+    """A task batch's number of rows: the length of its first input tensor."""
+    for key, value in batch.items():
+        if key not in label_names and isinstance(value, Tensor) and value.dim() >= 1:
+            return int(value.shape[0])
+    raise ValueError(f"per_sample_routing: expected a tensor input in the batch, got {list(batch)}")
 
 
 def _sum(losses: Mapping[str, Tensor]) -> Tensor:

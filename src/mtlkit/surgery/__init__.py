@@ -5,8 +5,9 @@ per-task gradient buffers, their Gramian, the combination, the synchronisation a
 processes); :class:`PCGrad` is it with the PCGrad weighting.
 """
 
+from mtlkit.surgery._rows import UnsplittableModel
 from mtlkit.surgery._stats import SurgeryStats
 from mtlkit.surgery.optimizer import MultiTaskOptimizer
 from mtlkit.surgery.pcgrad import PCGrad, pcgrad_weights
 
-__all__ = ["MultiTaskOptimizer", "PCGrad", "SurgeryStats", "pcgrad_weights"]
+__all__ = ["MultiTaskOptimizer", "PCGrad", "SurgeryStats", "UnsplittableModel", "pcgrad_weights"]

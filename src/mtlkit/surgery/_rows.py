@@ -23,6 +23,27 @@ from torch import nn
 from mtlkit.surgery._row_grads import Bounds, RowGrads, Views, rule_for
 
 
+class UnsplittableModel(ValueError):
+    """:meth:`MultiTaskOptimizer.stacked <mtlkit.MultiTaskOptimizer.stacked>` cannot split this
+    model's gradients by rows: a layer of another type owns a shared parameter, or a shared
+    weight is used outside its own layer's forward. A caller can fall back to a backward per
+    task.
+
+    Example:
+        >>> import torch
+        >>> from mtlkit import MultiTaskOptimizer
+        >>> from mtlkit import UnsplittableModel
+        >>> conv = torch.nn.Conv1d(2, 2, 1)
+        >>> opt = MultiTaskOptimizer(torch.optim.SGD(conv.parameters(), lr=0.1), "upgrad")
+        >>> try:
+        ...     with opt.stacked(conv, [1, 1]):
+        ...         pass
+        ... except UnsplittableModel as exc:
+        ...     print(str(exc)[:45])
+        module: expected shared parameters only in Li
+    """
+
+
 def parse_rows(rows: object) -> tuple[list[str], list[int]]:
     """Task names and row counts from ``{task: rows}`` or a sequence of counts (names "0"...)."""
     if isinstance(rows, Mapping):
@@ -68,7 +89,7 @@ def split_layers(module: nn.Module, managed: Sequence[torch.Tensor]) -> list[_La
             continue
         rule = rule_for(sub)
         if rule is None:
-            raise ValueError(
+            raise UnsplittableModel(
                 f"module: expected shared parameters only in Linear, Embedding, LayerNorm or "
                 f"transformers' Conv1D layers (whose gradients split by rows), got "
                 f"{name or 'the module'!r} of type "

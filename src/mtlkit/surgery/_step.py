@@ -11,7 +11,7 @@ import torch
 from mtlkit.surgery._buffer import TaskGradients
 from mtlkit.surgery._inputs import finite_flag
 from mtlkit.surgery._reach import ReachRecorder
-from mtlkit.surgery._rows import StackedRows
+from mtlkit.surgery._rows import StackedRows, UnsplittableModel
 
 
 @dataclass
@@ -106,7 +106,7 @@ class StepRecorder:
             if scaled:
                 sum(scaled[1:], scaled[0]).backward(retain_graph=retain_graph)
         if outside:
-            raise RuntimeError(
+            raise UnsplittableModel(
                 f"stacked(): expected every shared parameter's gradient to come from its "
                 f"layer's rows, got {len(outside)} accumulated directly (a parameter used "
                 "outside its own layer's forward); use backward() outside stacked()"

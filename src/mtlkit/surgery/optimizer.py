@@ -263,7 +263,9 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
 
         Raises:
             ValueError: A shared parameter outside ``module`` or in a layer of another type,
-                a bad row count, or (in the forward) a layer that sees another number of rows.
+                a bad row count, or (in the forward) a layer that sees another number of rows;
+                in :meth:`backward`, a shared weight used outside its layer's forward (the
+                step is dropped, the gradients left as they were).
 
         Example:
             >>> import torch
