@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
-from mtlkit import MultiTaskOptimizer
+from mtlkit import MultiTaskOptimizer, UnsplittableModel
 from mtlkit import weighting as weightings
 
 ROWS = {"sst": 2, "qqp": 3, "sts": 4}
@@ -281,7 +281,7 @@ def _opt_for(body, heads=2):
 def test_unsupported_layer_is_named():
     body = WithRawParameter()
     opt, _ = _opt_for(body)
-    with pytest.raises(ValueError, match="WithRawParameter"), opt.stacked(body, [2, 2]):
+    with pytest.raises(UnsplittableModel, match="WithRawParameter"), opt.stacked(body, [2, 2]):
         pass
 
 
@@ -298,8 +298,8 @@ def test_shared_parameter_outside_the_module_is_refused():
 def test_a_layer_seeing_other_rows_is_named():
     body = torch.nn.Sequential(torch.nn.Linear(4, 4))
     opt, _ = _opt_for(body)
-    with pytest.raises(ValueError, match=r"expected the stacked batch of 4 rows.*got 3 at '0'"), \
-            opt.stacked(body, [2, 2]):
+    expected = r"expected the stacked batch of 4 rows.*got 3 at '0'"
+    with pytest.raises(UnsplittableModel, match=expected), opt.stacked(body, [2, 2]):
         body(torch.randn(3, 4))
 
 
@@ -308,7 +308,7 @@ def test_weight_used_outside_its_layer_is_refused():
     opt, heads = _opt_for(body)
     with opt.stacked(body, [2, 2]):
         h = body(torch.randn(4, 4)).split(2)
-        with pytest.raises(ValueError, match="outside its own layer"):
+        with pytest.raises(UnsplittableModel, match="outside its own layer"):
             opt.backward([heads[0](h[0]).sum(), heads[1](h[1]).sum()])
     assert opt._steps.pending is None
     assert body.lin.weight.grad is None  # the failed step left nothing behind

@@ -25,9 +25,9 @@ from mtlkit.surgery._row_grads import Bounds, RowGrads, Views, rule_for
 
 class UnsplittableModel(ValueError):
     """:meth:`MultiTaskOptimizer.stacked <mtlkit.MultiTaskOptimizer.stacked>` cannot split this
-    model's gradients by rows: a layer of another type owns a shared parameter, or a shared
-    weight is used outside its own layer's forward. A caller can fall back to a backward per
-    task.
+    model's gradients by rows: a layer of another type owns a shared parameter, a shared layer
+    sees another number of rows than the stacked batch's, or a shared weight is used outside its
+    own layer's forward. A caller can fall back to a backward per task.
 
     Example:
         >>> import torch
@@ -174,7 +174,7 @@ class StackedRows:
             x = x.expand(self.total, *x.shape[1:])
             out = out.expand(self.total, *out.shape[1:])
         if x.shape[0] != self.total:
-            raise ValueError(
+            raise UnsplittableModel(
                 f"rows: expected the stacked batch of {self.total} rows along dim 0 at every "
                 f"layer, got {x.shape[0]} at {layer.name!r} (input shape {tuple(x.shape)})"
             )

@@ -262,8 +262,9 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
                 losses).
 
         Raises:
-            ValueError: A shared parameter outside ``module`` or in a layer of another type,
-                a bad row count, or (in the forward) a layer that sees another number of rows;
+            ValueError: A shared parameter outside ``module`` or a bad row count.
+            mtlkit.UnsplittableModel: (a ``ValueError``) a shared parameter in a layer of
+                another type; in the forward, a shared layer that sees another number of rows;
                 in :meth:`backward`, a shared weight used outside its layer's forward (the
                 step is dropped, the gradients left as they were).
 
