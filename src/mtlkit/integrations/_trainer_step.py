@@ -30,6 +30,8 @@ class TaskSteps:
     """The training-step half of MultiTaskTrainer (a mixin of the Trainer subclass)."""
 
     _task_sums: TaskGradientSums
+    _stackable: bool
+    _combined: Any
 
     def training_step(self, model: nn.Module, inputs: Any,
                       num_items_in_batch: Any = None) -> Tensor:
@@ -66,7 +68,7 @@ class TaskSteps:
                 losses[task] = loss.detach()
             return losses, _sum(losses)
         if (self._surgery is not None and self.current_gradient_accumulation_steps == 1
-                and getattr(self, "_stackable", True)):
+                and self._stackable):
             try:
                 return self._routed_stacked_backward(model, batches, scale)
             except UnsplittableModel as exc:  # the step was dropped: redo it a task at a time
@@ -126,7 +128,7 @@ class TaskSteps:
         return [p for p in params if p.requires_grad]
 
     def _synchronize(self) -> None:
-        if self._surgery is not None and getattr(self, "_combined", None) is not None:
+        if self._surgery is not None and self._combined is not None:
             self._record_surgery(self._combined)  # the stacked backward combined already
             self._combined = None
         elif self._surgery is not None:

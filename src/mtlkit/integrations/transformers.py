@@ -198,6 +198,8 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         self._eval_task: str | None = None
         self._train_log = TrainLog(self._tasks)
         self._checked_sharing = False
+        self._stackable = True  # the routed forward splits by rows until a model refuses
+        self._combined: Any = None  # the stats of a stacked backward, for _synchronize
         self._starts_step = True
         self._task_sums = TaskGradientSums()
 

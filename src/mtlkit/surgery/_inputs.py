@@ -103,19 +103,22 @@ def check_owned(weighting: torch.nn.Module, param_groups: Sequence[Mapping]) -> 
         )
 
 
+def per_task(values: object, argument: str, expected: str) -> tuple[list[str], list[Any]]:
+    """Task names and values from a mapping ``{task: value}`` or a sequence (names ``"0"``,
+    ``"1"``...); anything else raises ``TypeError("<argument>: expected <expected>, got ...")``.
+    """
+    if isinstance(values, Mapping):
+        return [str(k) for k in values], list(values.values())
+    if isinstance(values, Sequence) and not isinstance(values, (str, bytes)):
+        return [str(i) for i in range(len(values))], list(values)
+    raise TypeError(f"{argument}: expected {expected}, got {type(values).__name__}")
+
+
 def as_named_losses(
     losses: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
 ) -> tuple[list[str], list[torch.Tensor]]:
     """Task names and scalar losses from a sequence (names ``"0"``, ``"1"``...) or a mapping."""
-    if isinstance(losses, Mapping):
-        names, tensors = [str(k) for k in losses], list(losses.values())
-    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
-        names, tensors = [str(i) for i in range(len(losses))], list(losses)
-    else:
-        raise TypeError(
-            "losses: expected a sequence or a mapping of scalar tensors, "
-            f"got {type(losses).__name__}"
-        )
+    names, tensors = per_task(losses, "losses", "a sequence or a mapping of scalar tensors")
     if not tensors:
         raise ValueError("losses: expected at least one task loss, got none")
     if len(set(names)) != len(names):

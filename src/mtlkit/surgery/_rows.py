@@ -12,7 +12,7 @@ embeddings) has its input and output expanded to the batch, so that its gradient
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlkit.surgery._inputs import per_task
 from mtlkit.surgery._row_grads import Bounds, RowGrads, Views, rule_for
 
 
@@ -46,15 +47,8 @@ class UnsplittableModel(ValueError):
 
 def parse_rows(rows: object) -> tuple[list[str], list[int]]:
     """Task names and row counts from ``{task: rows}`` or a sequence of counts (names "0"...)."""
-    if isinstance(rows, Mapping):
-        names, counts = [str(k) for k in rows], list(rows.values())
-    elif isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)):
-        names, counts = [str(i) for i in range(len(rows))], list(rows)
-    else:
-        raise TypeError(
-            f"rows: expected a mapping {{task: number of rows}} or a sequence of row counts, "
-            f"got {type(rows).__name__}"
-        )
+    names, counts = per_task(rows, "rows", "a mapping {task: number of rows} or a sequence of "
+                             "row counts")
     if not counts:
         raise ValueError("rows: expected at least one task, got none")
     for name, n in zip(names, counts, strict=True):
@@ -110,15 +104,12 @@ class StackedRows:
     """The hooks of one ``stacked()`` block and the step's targets while it backpropagates.
 
     Args:
-        module: The module the stacked batch goes through.
         names: The tasks in the order of their rows.
         counts: Each task's number of rows along dim 0.
         layers: The layers to split (from :func:`split_layers`).
     """
 
-    def __init__(self, module: nn.Module, names: list[str], counts: list[int],
-                 layers: list[_Layer]) -> None:
-        self.module = module
+    def __init__(self, names: list[str], counts: list[int], layers: list[_Layer]) -> None:
         self.names = names
         self.total = sum(counts)
         starts = [sum(counts[:i]) for i in range(len(counts))]

@@ -93,8 +93,6 @@ class StepRecorder:
                        scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
                        retain_graph: bool = False) -> None:
         """One backward of the summed losses; ``rows`` splits it into the tasks' rows."""
-        if self.pending is not None:
-            raise RuntimeError("backward(): task_backward() calls are waiting for combine()")
         params = self.explicit if self.explicit is not None else rows.params
         step = self.pending = Step.begin(self._grads_over(params))
         step.grads.ensure_rows(len(names))

@@ -301,7 +301,7 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
                 raise ValueError("module: expected trainable parameters in the optimizer, "
                                  "got none")
             layers = split_layers(module, own)
-        split = StackedRows(module, names, counts, layers)
+        split = StackedRows(names, counts, layers)
         with split.hooked():
             self._stacked = split
             try:
