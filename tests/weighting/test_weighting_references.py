@@ -186,6 +186,45 @@ def test_config_equals_the_jacobian_formula_and_torchjd(num_tasks, seed):
     assert float(cosines.max() - cosines.min()) < 1e-9  # one angle with every gradient
 
 
+@pytest.mark.parametrize("cosine", [0.9, 0.99, 0.999])
+def test_imtlg_and_config_are_accurate_on_a_float32_gramian(cosine):
+    """Two gradients at a cosine near 1 make the cosine matrix's smallest eigenvalue small
+    (0.0009 at 0.999), far above float32's rounding noise: a float32 Gramian must still give
+    the paper's weights (IMTL-G's closed form, Liu et al. 2021, written out in NumPy)."""
+    e = np.eye(8)
+    jac = np.stack([e[0], 2 * (cosine * e[0] + math.sqrt(1 - cosine**2) * e[1]),
+                    0.5 * (0.3 * e[0] + 0.2 * e[1] - 0.5 * e[2])])
+    units = jac / np.linalg.norm(jac, axis=1, keepdims=True)
+    u_diff, g_diff = units[0] - units[1:], jac[0] - jac[1:]
+    alpha = jac[0] @ u_diff.T @ np.linalg.inv(g_diff @ u_diff.T)
+    imtl_expected = torch.from_numpy(np.concatenate([[1 - alpha.sum()], alpha]) @ jac)
+    config_expected = torch.from_numpy(ref.config_update(jac))
+    jac32 = torch.from_numpy(jac).float()
+    gram32 = jac32 @ jac32.T
+    assert rel_diff(weighting.IMTLG()(gram32).double() @ jac, imtl_expected) < 1e-4
+    assert rel_diff(weighting.ConFIG()(gram32).double() @ jac, config_expected) < 1e-4
+
+
+def test_aligned_mtl_ignores_the_float32_noise_of_the_optimizers_gramian():
+    """Task 2's gradient is a combination of the others' (rank 2). The optimizer's Gramian is
+    float64 but summed in float32, so the zero eigenvalue comes out as float32 rounding noise,
+    which must count as zero (the authors' tolerance, float32's eps), not as ``s_min``."""
+    from mtlkit.surgery._gramian import working_gramian
+
+    gen = torch.Generator().manual_seed(0)
+    jac = torch.randn(3, 100_000, generator=gen)
+    jac[2] = 0.7 * jac[0] + 0.3 * jac[1]
+    exact = (jac.double() @ jac.double().T).numpy()
+    values, vectors = np.linalg.eigh(exact)
+    keep = values > values.max() * 3 * np.finfo(np.float32).eps
+    values, vectors = values[keep], vectors[:, keep]
+    balance = math.sqrt(values.min()) * vectors @ np.diag(values**-0.5) @ vectors.T
+    expected = torch.from_numpy(balance @ np.full(3, 1 / 3))
+    assert int(keep.sum()) == 2
+    for gram in (working_gramian(jac), torch.from_numpy(exact)):
+        torch.testing.assert_close(weighting.AlignedMTL()(gram), expected, rtol=1e-4, atol=0)
+
+
 # ------------------------------------------------------------ fair resource allocation
 
 

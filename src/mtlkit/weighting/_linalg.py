@@ -189,11 +189,14 @@ def pinv_solve(a: torch.Tensor, b: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 def pinv_cutoff(num_tasks: int, dtype: torch.dtype) -> float:
     """The eigenvalue cutoff of :func:`pinv_solve` on a T x T cosine matrix whose entries carry
-    the rounding of ``dtype``: ``30 T sqrt(eps)``, well above the rounding noise of the
-    eigenvalues (about ``T eps`` each): 4.5e-6 for T = 10 in float64, 0.1 in float32.
+    the rounding of ``dtype``: ``30 T max(eps, sqrt(eps_64))``, well above the rounding noise
+    of the eigenvalues (about ``T eps`` each) and of the float64 solve: 4.5e-6 for T = 10 in
+    float64, 3.6e-5 in float32. (``sqrt(eps)`` of float32, 0.1 at T = 10, would damp real
+    directions: a pair of gradients at cosine 0.99 gives an eigenvalue of 0.01.)
 
     Example:
-        >>> round(pinv_cutoff(10, torch.float64), 8)
-        4.47e-06
+        >>> round(pinv_cutoff(10, torch.float64), 8), round(pinv_cutoff(10, torch.float32), 7)
+        (4.47e-06, 3.58e-05)
     """
-    return 30.0 * num_tasks * torch.finfo(dtype).eps ** 0.5
+    eps = max(torch.finfo(dtype).eps, torch.finfo(torch.float64).eps ** 0.5)
+    return 30.0 * num_tasks * eps

@@ -21,8 +21,8 @@ class ConFIG(Weighting):
 
     Departure from torchjd's ``ConFIG`` (which takes the pseudo-inverse of the T x P matrix of
     unit gradients): the pseudo-inverse of the T x T cosine matrix, by a refined Tikhonov
-    solve that drops eigen-directions below about ``30 T sqrt(eps)``
-    (:func:`mtlkit.weighting._linalg.pinv_solve`), with no eigendecomposition (no host
+    solve that drops eigen-directions below about ``30 T eps`` (``sqrt(eps)`` in float64;
+    :func:`mtlkit.weighting._linalg.pinv_solve`), with no eigendecomposition (no host
     synchronisation on CUDA); the two agree unless the gradients are nearly linearly dependent.
 
     Example:

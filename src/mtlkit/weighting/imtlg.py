@@ -22,9 +22,10 @@ class IMTLG(Weighting):
 
     Departures from torchjd's ``IMTLG``: the pseudo-inverse is a refined Tikhonov solve
     (:func:`mtlkit.weighting._linalg.pinv_solve`) that drops eigen-directions of ``C`` below
-    about ``30 T sqrt(eps)`` (``eps`` of the Gramian's dtype), instead of ``torch.linalg.pinv``
-    (cutoff ``T eps``, which inverts rounding noise, and an eigendecomposition that
-    synchronises with the host on CUDA); for linearly dependent gradients the least-squares
+    about ``30 T eps`` (``eps`` of the Gramian's dtype, ``sqrt(eps)`` in float64), instead of
+    ``torch.linalg.pinv`` (cutoff ``T eps``, which inverts rounding noise, and an
+    eigendecomposition that synchronises with the host on CUDA); for linearly dependent
+    gradients the least-squares
     sense is that of the cosine matrix, not of ``G``. Both agree for well-conditioned
     gradients.
 
