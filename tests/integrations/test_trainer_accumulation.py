@@ -86,3 +86,41 @@ def test_task_gradient_sums_hold_unscaled_gradients_and_an_exact_surrogate():
                 else:
                     torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-7)
                 p.grad = None
+
+
+def test_task_gradient_sums_of_stacked_backwards_equal_each_tasks_own_gradient():
+    from mtlkit.integrations._trainer_accumulation import TaskGradientSums
+
+    torch.manual_seed(0)
+    body, head_a, head_b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    params = [*body.parameters(), *head_a.parameters(), *head_b.parameters()]
+    batches = [(torch.randn(2, 3), torch.randn(3, 3)) for _ in range(2)]  # (task a, task b)
+
+    def losses(x_a, x_b):
+        h_a, h_b = body(torch.cat([x_a, x_b])).split([len(x_a), len(x_b)])
+        return {"a": head_a(h_a).pow(2).mean(), "b": head_b(h_b).pow(2).mean()}
+
+    shared = list(body.parameters())
+    expected = {t: torch.autograd.grad(sum(losses(*xs)[t] for xs in batches), shared)
+                for t in ("a", "b")}
+    heads_total = torch.autograd.grad(sum(sum(losses(*xs).values()) for xs in batches),
+                                      [*head_a.parameters(), *head_b.parameters()])
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        opt = mtlkit.MultiTaskOptimizer(torch.optim.SGD(params, lr=0.1), "pcgrad",
+                                        shared_params=shared, grad_scaler=scaler)
+        sums = TaskGradientSums()
+        for x_a, x_b in batches:
+            with opt.stacked(body, {"a": len(x_a), "b": len(x_b)}):
+                managed, grads = opt._stacked_task_gradients(losses(x_a, x_b))
+            assert all(p.grad is None for p in shared)  # the managed gradients left as they were
+            sums.add_split(grads, managed, params, scaler)
+            assert all(p.grad is None for p in params)
+        for task in ("a", "b"):
+            sums.surrogate(task).backward()
+            for p, g in zip(shared, expected[task], strict=True):
+                torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-7)
+                p.grad = None
+        # the heads are not managed: their summed gradient rides on the first task's sum
+        for p, g in zip([*head_a.parameters(), *head_b.parameters()], heads_total, strict=True):
+            torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-7)
+            p.grad = None

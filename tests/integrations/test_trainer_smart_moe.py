@@ -168,38 +168,65 @@ class ScaledRouted(Routed):
         return out * self.scale
 
 
-def _pcgrad_run(tmp_path, model, per_sample):
+def _pcgrad_run(tmp_path, model, per_sample, accumulation=1, weighting="pcgrad"):
     shared = [p for n, p in model.named_parameters()
               if n.startswith("moe.") and "lora_" not in n and p.requires_grad]
     shared += [model.scale] if hasattr(model, "scale") else []
+    args = training_args(tmp_path / str(per_sample), max_steps=3,
+                         per_device_train_batch_size=4 // accumulation,
+                         gradient_accumulation_steps=accumulation)
+    w = mtlkit.weighting.PCGrad(seed=0) if weighting == "pcgrad" else weighting
     trainer = quiet(MultiTaskTrainer(
-        model, training_args(tmp_path / str(per_sample), max_steps=3),
-        train_dataset=make_datasets(SIZES), data_collator=pad_collate,
-        weighting=mtlkit.weighting.PCGrad(seed=0), shared_params=shared,
-        per_sample_routing=per_sample))
+        model, args, train_dataset=make_datasets(SIZES), data_collator=pad_collate,
+        weighting=w, shared_params=shared, per_sample_routing=per_sample))
     trainer.train()
     return trainer
 
 
-def test_per_sample_routing_backpropagates_once(tmp_path, monkeypatch):
-    calls = []
+@pytest.mark.parametrize("weighting", ["pcgrad", "nash_mtl"])
+def test_per_sample_routing_with_accumulation_equals_one_forward_per_task(tmp_path,
+                                                                          weighting):
+    # 2 micro-batches of 2 rows per task: the stacked split's task gradients are summed over
+    # them and combined once, as the per-task forwards' are
+    torch.manual_seed(0)
+    routed = Routed(train_base=True)
+    separate = copy_model(routed)
+    runs = [_pcgrad_run(tmp_path / name, model, per_sample, accumulation=2, weighting=weighting)
+            for name, model, per_sample in (("r", routed, True), ("s", separate, False))]
+    assert max_difference(routed, separate) < 1e-6
+    torch.manual_seed(0)
+    assert max_difference(routed, Routed(train_base=True)) > 1e-4
+    logs = [trainer.state.log_history[0] for trainer in runs]
+    for key in ("loss_sst", "loss_qqp", "cos_sst_qqp", "cos_qqp_sts"):
+        assert logs[0][key] == pytest.approx(logs[1][key], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_per_sample_routing_backpropagates_once(tmp_path, monkeypatch, accumulation):
+    from mtlkit.integrations._trainer_accumulation import TaskGradientSums
+
+    calls, per_task = [], []
     original = mtlkit.MultiTaskOptimizer.stacked
     monkeypatch.setattr(mtlkit.MultiTaskOptimizer, "stacked",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(TaskGradientSums, "add", lambda *a, **k: per_task.append(1))
     torch.manual_seed(0)
-    _pcgrad_run(tmp_path, Routed(train_base=True), per_sample=True)
-    assert len(calls) == 3  # one stacked block per step, no backward per task
+    _pcgrad_run(tmp_path, Routed(train_base=True), per_sample=True, accumulation=accumulation)
+    # one stacked block per micro-batch, no backward per task
+    assert (len(calls), per_task) == (3 * accumulation, [])
 
 
-def test_per_sample_routing_falls_back_for_an_unsplittable_model(tmp_path, caplog):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_per_sample_routing_falls_back_for_an_unsplittable_model(tmp_path, caplog,
+                                                                 accumulation):
     torch.manual_seed(0)
     routed = ScaledRouted()
     separate = copy_model(routed)
     with caplog.at_level("WARNING", logger="mtlkit.integrations._trainer_step"):
-        _pcgrad_run(tmp_path, routed, per_sample=True)
+        _pcgrad_run(tmp_path, routed, per_sample=True, accumulation=accumulation)
     assert "a backward per task from now on" in caplog.text
     assert "ScaledRouted" in caplog.text
-    _pcgrad_run(tmp_path / "separate", separate, per_sample=False)
+    _pcgrad_run(tmp_path / "separate", separate, per_sample=False, accumulation=accumulation)
     assert max_difference(routed, separate) < 1e-6
     assert routed.scale.item() != 1.0
 

@@ -11,7 +11,7 @@ micro-batches, as from one big batch, in the order the tasks were first drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -40,22 +40,58 @@ class TaskGradientSums:
         micro-batches). Under a ``GradScaler`` the backward runs on the scaled loss, the sum
         holds the unscaled gradient (an overflow stays infinite, for the scaler to see).
         """
+        self._use(params)
+        if loss.requires_grad:
+            (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=retain_graph)
+        self._add(task, self._take_grads(), scaler, views=False)
+
+    def add_split(self, grads: Mapping[str, Sequence[Tensor | None]], managed: Sequence[Tensor],
+                  params: Sequence[Tensor], scaler: torch.amp.GradScaler | None = None) -> None:
+        """Add the task gradients of one stacked backward, split by rows, to the sums.
+
+        ``grads[task]`` is the task's (scaled, under a ``GradScaler``) gradient of each of the
+        ``managed`` parameters, or ``None`` where it did not reach it; every other parameter of
+        ``params`` holds the backward's summed gradient in ``.grad``, taken here and added to
+        the first task's sum: those parameters are not combined (the split manages every
+        shared one), so only their total over the tasks reaches the optimizer.
+        """
+        self._use(params, clear=False)
+        index = {id(p): k for k, p in enumerate(managed)}
+        rest = self._take_grads()
+        for n, (task, task_grads) in enumerate(grads.items()):
+            own = [task_grads[index[id(p)]] if id(p) in index else rest[k] if n == 0 else None
+                   for k, p in enumerate(self._params)]
+            self._add(task, own, scaler, views=True)
+
+    def _use(self, params: Sequence[Tensor], clear: bool = True) -> None:
         if self._params and [id(p) for p in params] != [id(p) for p in self._params]:
             raise RuntimeError("the optimizer's parameters changed during gradient accumulation")
         self._params = list(params)
+        if clear:
+            for p in self._params:
+                p.grad = None
+
+    def _take_grads(self) -> list[Tensor | None]:
+        grads = [p.grad for p in self._params]
         for p in self._params:
             p.grad = None
-        if loss.requires_grad:
-            (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=retain_graph)
+        return grads
+
+    def _add(self, task: str, grads: Sequence[Tensor | None],
+             scaler: torch.amp.GradScaler | None, views: bool) -> None:
+        """Add ``grads`` (aligned with the parameters) to ``task``'s sums; ``views``: they are
+        views into a buffer the next backward overwrites (copied, never kept)."""
         inverse = None if scaler is None else 1.0 / scaler.get_scale()
         sums = self._sums.setdefault(task, [None] * len(self._params))
-        for i, p in enumerate(self._params):
-            grad, p.grad = p.grad, None
+        for i, grad in enumerate(grads):
             if grad is None:
                 continue
-            if inverse is not None:
-                grad = grad * inverse
-            sums[i] = grad if sums[i] is None else sums[i].add_(grad)
+            if sums[i] is None:
+                sums[i] = (grad.clone() if views else grad) if inverse is None else grad * inverse
+            elif inverse is None:
+                sums[i].add_(grad)
+            else:
+                sums[i].add_(grad, alpha=inverse)
 
     def surrogate(self, task: str) -> Tensor | None:
         """A loss whose gradient is ``task``'s stored sum (``None`` when nothing is stored).

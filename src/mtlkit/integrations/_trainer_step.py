@@ -67,11 +67,10 @@ class TaskSteps:
                 self._backward_task(task, loss * scale)
                 losses[task] = loss.detach()
             return losses, _sum(losses)
-        if (self._surgery is not None and self.current_gradient_accumulation_steps == 1
-                and self._stackable):
+        if self._surgery is not None and self._stackable:
             try:
                 return self._routed_stacked_backward(model, batches, scale)
-            except UnsplittableModel as exc:  # the step was dropped: redo it a task at a time
+            except UnsplittableModel as exc:  # nothing was kept: redo it a task at a time
                 self._stackable = False
                 logger.warning("per_sample_routing: a backward per task from now on (%s)", exc)
         with self.compute_loss_context_manager():
@@ -96,7 +95,16 @@ class TaskSteps:
         with self._surgery.stacked(model, rows):
             with self.compute_loss_context_manager():
                 losses = self._routed_losses(model, batches)
-            self._combined = self._surgery.backward({t: v * scale for t, v in losses.items()})
+            scaled = {t: v * scale for t, v in losses.items()}
+            if self.current_gradient_accumulation_steps == 1:
+                self._combined = self._surgery.backward(scaled)
+            else:  # the task gradients join the step's sums, combined on the last micro-batch
+                params = self._trainable_params()
+                for p in params:
+                    p.grad = None
+                managed, grads = self._surgery._stacked_task_gradients(scaled)
+                self._task_sums.add_split(grads, managed, params,
+                                          getattr(self.accelerator, "scaler", None))
         detached = {t: v.detach() for t, v in losses.items()}
         return detached, _sum(detached)
 

@@ -79,11 +79,14 @@ class GradientBuffer:
         for p, view in zip(self.params, self._views(self.combined), strict=True):
             p.grad = view
 
+    def row_views(self, row: int) -> dict[int, torch.Tensor]:
+        """Each parameter's slice of row ``row``, by parameter id."""
+        return {id(p): v for p, v in zip(self.params, self._views(self.rows[row]), strict=True)}
+
     def zeroed_row_views(self, row: int) -> dict[int, torch.Tensor]:
         """Zero row ``row``; each parameter's slice of it, by parameter id."""
-        flat = self.rows[row]
-        flat.zero_()
-        return {id(p): v for p, v in zip(self.params, self._views(flat), strict=True)}
+        self.rows[row].zero_()
+        return self.row_views(row)
 
     def runs(self, mask: Sequence[bool]) -> Runs:
         """Contiguous ``(start, end)`` column ranges of the parameters where ``mask`` is true."""
@@ -151,12 +154,13 @@ class TaskGradients:
         for b in self.buffers:
             b.publish_combined()
 
+    def row_views(self, row: int) -> dict[int, torch.Tensor]:
+        """Row ``row`` of every buffer: each parameter's slice of it, by parameter id."""
+        return {k: v for b in self.buffers for k, v in b.row_views(row).items()}
+
     def zeroed_row_views(self, row: int) -> dict[int, torch.Tensor]:
         """Zero row ``row`` of every buffer; each parameter's slice of it, by parameter id."""
-        views: dict[int, torch.Tensor] = {}
-        for b in self.buffers:
-            views.update(b.zeroed_row_views(row))
-        return views
+        return {k: v for b in self.buffers for k, v in b.zeroed_row_views(row).items()}
 
     def rows(self, num_tasks: int) -> list[torch.Tensor]:
         """Each buffer's first ``num_tasks`` rows (contiguous)."""

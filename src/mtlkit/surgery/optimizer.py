@@ -398,6 +398,44 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             raise
         return self.combine()
 
+    def _stacked_task_gradients(
+        self, losses: Losses
+    ) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor | None]]]:
+        """Inside :meth:`stacked`: each task's gradient of the managed parameters from ONE
+        backward, not combined (for a caller that combines later, as the Trainer does over
+        accumulated micro-batches).
+
+        Returns the managed parameters and, per task, its gradient of each (``None`` where the
+        task did not reach it): views into the buffer, valid until the next backward, scaled
+        by ``grad_scaler`` when there is one. The managed ``.grad`` are left as they were; the
+        other parameters' ``.grad`` hold the summed backward's gradient.
+        """
+        names, tensors = as_named_losses(losses)
+        split = self._stacked
+        if split is None or not self.weighting.requires_gramian:
+            raise RuntimeError("_stacked_task_gradients: expected a stacked() block and a "
+                               "Gramian weighting")
+        if self._steps.pending is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}: task_backward() calls are waiting for combine()"
+            )
+        if sorted(names) != sorted(split.names):
+            raise ValueError(
+                f"losses: expected the tasks of stacked()'s rows {split.names}, got {names}"
+            )
+        try:
+            self._steps.record_stacked(names, tensors, split, self._scale)
+            step = self._steps.pending
+            assert step is not None
+            params = step.grads.params
+            grads = {}
+            for row, (name, reached) in enumerate(zip(step.tasks, step.reached, strict=True)):
+                views = step.grads.row_views(row)
+                grads[name] = [views[id(p)] if id(p) in reached else None for p in params]
+        finally:
+            self._steps.abort()
+        return params, grads
+
     def _record(self, stats: SurgeryStats, bad_losses: tuple[str, ...]) -> SurgeryStats:
         self._nonfinite = self._nonfinite or bad_losses  # step() raises until zero_grad()
         self.last_stats = stats
