@@ -432,7 +432,7 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             for row, (name, reached) in enumerate(zip(step.tasks, step.reached, strict=True)):
                 views = step.grads.row_views(row)
                 grads[name] = [views[id(p)] if id(p) in reached else None for p in params]
-        finally:
+        finally:  # never combined: the step is dropped, its rows stay until the next backward
             self._steps.abort()
         return params, grads
 

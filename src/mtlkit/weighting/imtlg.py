@@ -25,9 +25,8 @@ class IMTLG(Weighting):
     about ``30 T eps`` (``eps`` of the Gramian's dtype, ``sqrt(eps)`` in float64), instead of
     ``torch.linalg.pinv`` (cutoff ``T eps``, which inverts rounding noise, and an
     eigendecomposition that synchronises with the host on CUDA); for linearly dependent
-    gradients the least-squares
-    sense is that of the cosine matrix, not of ``G``. Both agree for well-conditioned
-    gradients.
+    gradients the least-squares sense is that of the cosine matrix, not of ``G``. Both agree
+    for well-conditioned gradients.
 
     Example:
         >>> import torch
