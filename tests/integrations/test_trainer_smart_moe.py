@@ -203,13 +203,12 @@ def test_per_sample_routing_with_accumulation_equals_one_forward_per_task(tmp_pa
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_per_sample_routing_backpropagates_once(tmp_path, monkeypatch, accumulation):
-    from mtlkit.integrations._trainer_accumulation import TaskGradientSums
-
     calls, per_task = [], []
     original = mtlkit.MultiTaskOptimizer.stacked
     monkeypatch.setattr(mtlkit.MultiTaskOptimizer, "stacked",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    monkeypatch.setattr(TaskGradientSums, "add", lambda *a, **k: per_task.append(1))
+    monkeypatch.setattr(mtlkit.MultiTaskOptimizer, "task_backward",
+                        lambda *a, **k: per_task.append(1))
     torch.manual_seed(0)
     _pcgrad_run(tmp_path, Routed(train_base=True), per_sample=True, accumulation=accumulation)
     # one stacked block per micro-batch, no backward per task

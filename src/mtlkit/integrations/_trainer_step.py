@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 import mtlkit
-from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_data import as_task_batches, concat_batches
 from mtlkit.integrations._trainer_losses import call_model, check_labels, loss_of, stack_losses
 from mtlkit.surgery import UnsplittableModel
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 class TaskSteps:
     """The training-step half of MultiTaskTrainer (a mixin of the Trainer subclass)."""
 
-    _task_sums: TaskGradientSums
     _stackable: bool
     _combined: Any
 
@@ -70,7 +68,7 @@ class TaskSteps:
         if self._surgery is not None and self._stackable:
             try:
                 return self._routed_stacked_backward(model, batches, scale)
-            except UnsplittableModel as exc:  # nothing was kept: redo it a task at a time
+            except UnsplittableModel as exc:  # this micro-batch was not kept: redo it per task
                 self._stackable = False
                 logger.warning("per_sample_routing: a backward per task from now on (%s)", exc)
         with self.compute_loss_context_manager():
@@ -98,13 +96,8 @@ class TaskSteps:
             scaled = {t: v * scale for t, v in losses.items()}
             if self.current_gradient_accumulation_steps == 1:
                 self._combined = self._surgery.backward(scaled)
-            else:  # the task gradients join the step's sums, combined on the last micro-batch
-                params = self._trainable_params()
-                for p in params:
-                    p.grad = None
-                managed, grads = self._surgery._stacked_task_gradients(scaled)
-                self._task_sums.add_split(grads, managed, params,
-                                          getattr(self.accelerator, "scaler", None))
+            else:  # added to the step's task gradients, combined on the last micro-batch
+                self._surgery._stacked_record(scaled)
         detached = {t: v.detach() for t, v in losses.items()}
         return detached, _sum(detached)
 
@@ -125,10 +118,8 @@ class TaskSteps:
     def _backward_task(self, task: str, loss: Tensor, retain_graph: bool = False) -> None:
         if self._surgery is None:
             self.accelerator.backward(loss, retain_graph=retain_graph)  # scales under fp16
-        elif self.current_gradient_accumulation_steps > 1:  # combined on the last micro-batch
-            self._task_sums.add(task, loss, self._trainable_params(),
-                                getattr(self.accelerator, "scaler", None), retain_graph)
-        else:  # the optimizer was given the Trainer's GradScaler: it scales the backward itself
+        else:  # the optimizer was given the Trainer's GradScaler: it scales the backward itself;
+            # a task seen again in a later micro-batch adds to its gradient, combined once
             self._surgery.task_backward(task, loss, retain_graph=retain_graph)
 
     def _trainable_params(self) -> list[Tensor]:
@@ -139,10 +130,7 @@ class TaskSteps:
         if self._surgery is not None and self._combined is not None:
             self._record_surgery(self._combined)  # the stacked backward combined already
             self._combined = None
-        elif self._surgery is not None:
-            for task in self._task_sums.tasks:  # the step's task gradients, in drawing order
-                self._surgery.task_backward(task, self._task_sums.surrogate(task))
-            self._task_sums.clear()
+        elif self._surgery is not None:  # the micro-batches' task gradients, summed per task
             self._record_surgery(self._surgery.combine())  # syncs the ranks itself
         elif self.args.world_size > 1:
             mtlkit.average_gradients(self._trainable_params())

@@ -17,7 +17,6 @@ from transformers import Trainer
 import mtlkit
 from mtlkit import MultiTaskLoader
 from mtlkit.integrations._pretrained import resolve_pretrained
-from mtlkit.integrations._trainer_accumulation import TaskGradientSums
 from mtlkit.integrations._trainer_checks import (
     check_batch_sizes,
     check_callables,
@@ -201,7 +200,6 @@ class MultiTaskTrainer(TaskSteps, TaskEvaluation, CheckpointState, Trainer):
         self._stackable = True  # the routed forward splits by rows until a model refuses
         self._combined: Any = None  # the stats of a stacked backward, for _synchronize
         self._starts_step = True
-        self._task_sums = TaskGradientSums()
 
     def _check_tasks(self, train_dataset: Any, eval_dataset: Any, data_collator: Any,
                      compute_metrics: Any) -> None:

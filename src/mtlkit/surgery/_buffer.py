@@ -67,10 +67,12 @@ class GradientBuffer:
                 view.copy_(g)
         return True
 
-    def route_grads_to_row(self, row: int) -> None:
-        """Zero row ``row`` and point every parameter's ``.grad`` at its slice of it."""
+    def route_grads_to_row(self, row: int, zero: bool = True) -> None:
+        """Point every parameter's ``.grad`` at its slice of row ``row`` (zeroed first, unless
+        the row already holds a gradient to add to)."""
         flat = self.rows[row]
-        flat.zero_()
+        if zero:
+            flat.zero_()
         for p, view in zip(self.params, self._views(flat), strict=True):
             p.grad = view
 
@@ -146,9 +148,9 @@ class TaskGradients:
         stashed = [b.stash_existing_grads() for b in self.buffers]
         return any(stashed)
 
-    def route_grads_to_row(self, row: int) -> None:
+    def route_grads_to_row(self, row: int, zero: bool = True) -> None:
         for b in self.buffers:
-            b.route_grads_to_row(row)
+            b.route_grads_to_row(row, zero)
 
     def publish_combined(self) -> None:
         for b in self.buffers:

@@ -32,6 +32,20 @@ class Step:
         had_grad = [p.grad is not None for p in grads.params]
         return cls(grads, had_grad, grads.stash_existing_grads())
 
+    def row_of(self, name: str) -> tuple[int, bool]:
+        """Task ``name``'s row and whether it is new (then appended, its row made, zeroed)."""
+        if name in self.tasks:
+            return self.tasks.index(name), False
+        self.tasks.append(name)
+        self.reached.append(set())
+        self.loss_ok.append(torch.ones((), dtype=torch.bool, device=self.grads.device))
+        self.grads.ensure_rows(len(self.tasks))
+        return len(self.tasks) - 1, True
+
+    def add_reach(self, row: int, reached: set[int], loss: torch.Tensor) -> None:
+        self.reached[row] |= reached
+        self.loss_ok[row] = self.loss_ok[row] & finite_flag(loss, self.grads.device)
+
     def reach_matrix(self) -> list[list[bool]]:
         """``[t][k]``: task ``t`` reached ``grads.params[k]``."""
         return [[id(p) in r for p in self.grads.params] for r in self.reached]
@@ -70,36 +84,42 @@ class StepRecorder:
     def record(self, name: str, loss: torch.Tensor, retain_graph: bool,
                trainable: Callable[[], list[torch.Tensor]],
                scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """Backpropagate one task's loss (times ``scale``) into its row of the open step."""
+        """Backpropagate one task's loss (times ``scale``) into its row of the open step; a
+        task already in the step adds to its row (accumulation)."""
         if self.pending is None:
             self.pending = Step.begin(self._layout(trainable))
         step = self.pending
-        if name in step.tasks:
-            raise ValueError(
-                f"task: expected a task not yet backpropagated in this step, got {name!r} "
-                "already backpropagated"
-            )
-        row = len(step.tasks)
-        step.grads.ensure_rows(row + 1)
-        step.grads.route_grads_to_row(row)
-        with self._reach.recording() as reached:
-            if loss.requires_grad:
-                (loss if scale is None else scale(loss)).backward(retain_graph=retain_graph)
-        step.tasks.append(name)
-        step.reached.append(reached)
-        step.loss_ok.append(finite_flag(loss, step.grads.device))
+        row, new = step.row_of(name)
+        try:
+            step.grads.route_grads_to_row(row, zero=new)
+            with self._reach.recording() as reached:
+                if loss.requires_grad:
+                    (loss if scale is None else scale(loss)).backward(retain_graph=retain_graph)
+        except BaseException:
+            if new:  # not recorded after all
+                del step.tasks[row], step.reached[row], step.loss_ok[row]
+            else:  # the row holds part of this backward: the step cannot be kept
+                self.abort()
+            raise
+        step.add_reach(row, reached, loss)
 
     def record_stacked(self, names: list[str], losses: list[torch.Tensor], rows: StackedRows,
                        scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                       retain_graph: bool = False) -> None:
-        """One backward of the summed losses; ``rows`` splits it into the tasks' rows."""
+                       retain_graph: bool = False, accumulate: bool = False) -> None:
+        """One backward of the summed losses; ``rows`` splits it into the tasks' rows (added to
+        those of the open step with ``accumulate``, else into a new step)."""
         params = self.explicit if self.explicit is not None else rows.params
-        step = self.pending = Step.begin(self._grads_over(params))
-        step.grads.ensure_rows(len(names))
-        views = [step.grads.zeroed_row_views(i) for i in range(len(names))]
-        order = {name: i for i, name in enumerate(names)}
+        if not (accumulate and self.pending is not None):
+            self.pending = Step.begin(self._grads_over(params))
+        step = self.pending
+        if step.grads.key != [id(p) for p in params]:
+            raise RuntimeError("stacked(): expected the open step's parameters, got others (a "
+                               "step mixing stacked() and per-task backwards)")
+        placed = {name: step.row_of(name) for name in names}
+        views = {name: step.grads.zeroed_row_views(row) if new else step.grads.row_views(row)
+                 for name, (row, new) in placed.items()}
         scaled = [loss if scale is None else scale(loss) for loss in losses if loss.requires_grad]
-        with rows.writing([views[order[n]] for n in rows.names]) as split, \
+        with rows.writing([views[n] for n in rows.names]) as split, \
                 self._reach.recording() as outside:
             if scaled:
                 sum(scaled[1:], scaled[0]).backward(retain_graph=retain_graph)
@@ -109,10 +129,9 @@ class StepRecorder:
                 f"layer's rows, got {len(outside)} accumulated directly (a parameter used "
                 "outside its own layer's forward); use backward() outside stacked()"
             )
-        step.tasks.extend(names)
         has_rows = {n: b > a for n, (a, b) in zip(rows.names, rows.bounds, strict=True)}
-        step.reached.extend(set(split) if has_rows[n] else set() for n in names)
-        step.loss_ok.extend(finite_flag(loss, step.grads.device) for loss in losses)
+        for name, loss in zip(names, losses, strict=True):
+            step.add_reach(placed[name][0], set(split) if has_rows[name] else set(), loss)
 
     def take(self) -> Step | None:
         """The open step, closed (``None`` when no task was recorded)."""

@@ -27,7 +27,7 @@ from mtlkit.surgery._inputs import (
     unique_params,
 )
 from mtlkit.surgery._loss_step import loss_step
-from mtlkit.surgery._rows import StackedRows, parse_rows, split_layers
+from mtlkit.surgery._rows import StackedRows, UnsplittableModel, parse_rows, split_layers
 from mtlkit.surgery._state import MultiTaskState
 from mtlkit.surgery._stats import SurgeryStats, cosine_and_conflicts, describe
 from mtlkit.surgery._step import StepRecorder
@@ -314,7 +314,11 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
 
         Call it right after the task's forward pass, so that only one task's activations are
         alive at a time: the step then needs less peak memory than the plain summed loss.
-        Not available with a loss weighting (it backpropagates the weighted loss once).
+        A task given again before :meth:`combine` adds to its gradient, as ``loss.backward()``
+        adds to ``.grad``: over the micro-batches of gradient accumulation, the weighting then
+        combines each task's gradient of the whole accumulated batch, once (if such a backward
+        raises, the step is dropped). Not available with a loss weighting (it backpropagates
+        the weighted loss once).
 
         Example:
             >>> import torch
@@ -398,43 +402,37 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             raise
         return self.combine()
 
-    def _stacked_task_gradients(
-        self, losses: Losses
-    ) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor | None]]]:
-        """Inside :meth:`stacked`: each task's gradient of the managed parameters from ONE
-        backward, not combined (for a caller that combines later, as the Trainer does over
-        accumulated micro-batches).
+    def _stacked_record(self, losses: Losses) -> None:
+        """Inside :meth:`stacked`: ONE backward split into the tasks' rows of the open step,
+        added to what earlier calls recorded and not combined (:meth:`combine` finishes the
+        step): gradient accumulation over micro-batches, as the Trainer does it.
 
-        Returns the managed parameters and, per task, its gradient of each (``None`` where the
-        task did not reach it): views into the buffer, valid until the next backward, scaled
-        by ``grad_scaler`` when there is one. The managed ``.grad`` are left as they were; the
-        other parameters' ``.grad`` hold the summed backward's gradient.
+        Raises:
+            mtlkit.UnsplittableModel: the model cannot be split and nothing was recorded
+                before (the step is dropped; a backward per task can redo it).
+            RuntimeError: it cannot be split after earlier calls recorded rows (the step is
+                dropped with them).
         """
         names, tensors = as_named_losses(losses)
         split = self._stacked
         if split is None or not self.weighting.requires_gramian:
-            raise RuntimeError("_stacked_task_gradients: expected a stacked() block and a "
-                               "Gramian weighting")
-        if self._steps.pending is not None:
-            raise RuntimeError(
-                f"{type(self).__name__}: task_backward() calls are waiting for combine()"
-            )
+            raise RuntimeError("_stacked_record: expected a stacked() block and a Gramian "
+                               "weighting")
         if sorted(names) != sorted(split.names):
             raise ValueError(
                 f"losses: expected the tasks of stacked()'s rows {split.names}, got {names}"
             )
+        earlier = self._steps.pending is not None and bool(self._steps.pending.tasks)
         try:
-            self._steps.record_stacked(names, tensors, split, self._scale)
-            step = self._steps.pending
-            assert step is not None
-            params = step.grads.params
-            grads = {}
-            for row, (name, reached) in enumerate(zip(step.tasks, step.reached, strict=True)):
-                views = step.grads.row_views(row)
-                grads[name] = [views[id(p)] if id(p) in reached else None for p in params]
-        finally:  # never combined: the step is dropped, its rows stay until the next backward
+            self._steps.record_stacked(names, tensors, split, self._scale, accumulate=True)
+        except UnsplittableModel as exc:
             self._steps.abort()
-        return params, grads
+            if earlier:
+                raise RuntimeError(f"stacked(): the accumulated step is lost: {exc}") from exc
+            raise
+        except BaseException:
+            self._steps.abort()
+            raise
 
     def _record(self, stats: SurgeryStats, bad_losses: tuple[str, ...]) -> SurgeryStats:
         self._nonfinite = self._nonfinite or bad_losses  # step() raises until zero_grad()
