@@ -24,24 +24,16 @@ import statistics
 import tempfile
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, PrinterCallback, TrainingArguments
 
 import mtlkit
+from bench_pcgrad import task_loss
 from bench_trainer import SEQ, TASKS, StepEnds, collate, datasets
 from mtlkit import LoRAMoE
 from mtlkit.integrations.transformers import MultiTaskTrainer
 
 ROWS, THREADS, LR = 16, 2, 1e-4
-
-
-def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if task == "sst":
-        return F.cross_entropy(logits, labels)
-    if task == "qqp":
-        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
-    return F.mse_loss(logits.squeeze(-1), labels)
 
 
 class Routed(nn.Module):

@@ -389,20 +389,10 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
     # ----------------------------------------------------------------- internals
     def _stacked_backward(self, names: list[str], tensors: list[torch.Tensor],
                           retain_graph: bool) -> SurgeryStats:
-        split = self._stacked
-        assert split is not None
-        if sorted(names) != sorted(split.names):
-            raise ValueError(
-                f"losses: expected the tasks of stacked()'s rows {split.names}, got {names}"
-            )
-        try:
-            self._steps.record_stacked(names, tensors, split, self._scale, retain_graph)
-        except BaseException:
-            self._steps.abort()
-            raise
+        self._stacked_record(dict(zip(names, tensors, strict=True)), retain_graph)
         return self.combine()
 
-    def _stacked_record(self, losses: Losses) -> None:
+    def _stacked_record(self, losses: Losses, retain_graph: bool = False) -> None:
         """Inside :meth:`stacked`: ONE backward split into the tasks' rows of the open step,
         added to what earlier calls recorded and not combined (:meth:`combine` finishes the
         step): gradient accumulation over micro-batches, as the Trainer does it.
@@ -424,7 +414,8 @@ class MultiTaskOptimizer(MultiTaskState, _WrappedOptimizer):
             )
         earlier = self._steps.pending is not None and bool(self._steps.pending.tasks)
         try:
-            self._steps.record_stacked(names, tensors, split, self._scale, accumulate=True)
+            self._steps.record_stacked(names, tensors, split, self._scale, retain_graph,
+                                       accumulate=True)
         except UnsplittableModel as exc:
             self._steps.abort()
             if earlier:
